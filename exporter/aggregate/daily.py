@@ -1,0 +1,347 @@
+"""Daily usage reports (seed 001): one compact rollup per report day, kept for ``report_retention_days``.
+
+A report day D is the half-open interval [D at ``report_start_time``, D+1 at ``report_start_time``) in
+``config.timezone``, computed as instants with zoneinfo, so a day across a DST change lasts 23 or 25 hours.
+If the start time does not exist on a date (spring-forward gap) zoneinfo's ``fold=0`` rule picks the instant;
+if it exists twice (fall-back), the first occurrence starts the day.
+
+Per day we keep only what the report needs: distinct user keys (ids, or names for rows without an id), the
+non-login users, content views, 48 half-hour slot counts (local wall clock), a Counter of content items,
+session sums and, with ``report_include_errors``, failed logins and API 5xx counts.
+
+Definitions (the SQL in tests/test_daily.py checks each one):
+- ``user_count``: distinct users with any event. A user is its ``user_id``, or its ``user_name`` when the id is
+  NULL; rows with neither are not a user.
+- ``active_users``: distinct users with an event other than LOGIN, LOGOUT, LOGIN_FAILED.
+- ``content_views``: READ + DOWNLOAD + EMAIL events.
+- ``peak_usage_time``: local ``HH:MM`` start of the 30-minute wall-clock slot with the most events; ties go to
+  the slot that comes first in the report day (which starts at ``report_start_time``).
+- ``average_session_duration``: a user's events split into sessions where the gap between consecutive events
+  exceeds ``session_gap``; a session belongs to the day it starts. Like seed 000's gauge, only sessions with
+  two or more events count (a lone event has no measurable duration); 0.0 when there are none. Sessions still
+  open are included with their duration so far.
+- ``top_10_content``: content items (READ/DOWNLOAD/EMAIL with an item id) by count desc, then id asc.
+- ``failed_logins`` (LOGIN_FAILED) and ``api_5xx`` (OPDS_ACCESS/KOBO_SYNC/API_CALL with a 5xx ``status`` in
+  ``extra_data``) when ``report_include_errors``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from prometheus_client.core import GaugeMetricFamily
+
+from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Event
+
+LOGIN_TYPES = frozenset({"LOGIN", "LOGOUT", "LOGIN_FAILED"})
+SLOTS = 48
+TOP_CONTENT_DEFAULT = 10
+STATE_VERSION = 1
+
+
+def user_key(event: Event):
+    """The identity used for distinct users and sessions: the id when known, else the name, else None."""
+    if event.user_id is not None:
+        return event.user_id
+    return ("n:" + event.user_name) if event.user_name else None
+
+
+def status_is_5xx(status) -> bool:
+    if status is None or isinstance(status, bool):
+        return False
+    try:
+        code = int(str(status).strip()[:3]) if not isinstance(status, int) else status
+    except ValueError:
+        return False
+    return 500 <= code <= 599
+
+
+class DayBoundaries:
+    """Maps UTC epoch seconds to report dates for a zone and a daily start time (DST-correct, cached)."""
+
+    def __init__(self, zone_name: str, start_time: str):
+        self.zone = None if zone_name == "local" else ZoneInfo(zone_name)
+        hh, mm = start_time.split(":")
+        self.start = dtime(int(hh), int(mm))
+        self.start_minute = int(hh) * 60 + int(mm)
+        self._offsets: dict[int, int] = {}
+        self._bounds: dict[int, float] = {}
+
+    def _offset(self, ts: float) -> int:
+        hour = int(ts // 3600)
+        off = self._offsets.get(hour)
+        if off is None:
+            utc = datetime.fromtimestamp(hour * 3600, timezone.utc)
+            local = utc.astimezone(self.zone) if self.zone is not None else utc.astimezone()
+            off = int(local.utcoffset().total_seconds())
+            if len(self._offsets) > 100000:
+                self._offsets.clear()
+            self._offsets[hour] = off
+        return off
+
+    def local_minute(self, ts: float) -> int:
+        """Minute of the local wall-clock day (0..1439)."""
+        return ((int(ts) + self._offset(ts)) % 86400) // 60
+
+    def bound(self, ordinal: int) -> float:
+        """Epoch seconds when report day ``date.fromordinal(ordinal)`` starts."""
+        b = self._bounds.get(ordinal)
+        if b is None:
+            naive = datetime.combine(date.fromordinal(ordinal), self.start)
+            b = (naive.replace(tzinfo=self.zone) if self.zone is not None else naive.astimezone()).timestamp()
+            if len(self._bounds) > 20000:
+                self._bounds.clear()
+            self._bounds[ordinal] = b
+        return b
+
+    def day_of(self, ts: float) -> int:
+        """Ordinal of the report day containing ``ts``."""
+        local = int(ts) + self._offset(ts)
+        d = local // 86400 + 719163  # date(1970, 1, 1).toordinal() == 719163
+        if ts < self.bound(d):
+            d -= 1
+            if ts < self.bound(d):
+                d -= 1
+        elif ts >= self.bound(d + 1):
+            d += 1
+        return d
+
+    def interval(self, day: date) -> tuple[float, float]:
+        o = day.toordinal()
+        return self.bound(o), self.bound(o + 1)
+
+
+class _Day:
+    __slots__ = ("users", "active", "events", "content_views", "slots", "items", "session_sum", "session_n",
+                 "failed_logins", "api_5xx")
+
+    def __init__(self):
+        self.users: set = set()
+        self.active: set = set()
+        self.events = 0
+        self.content_views = 0
+        self.slots = [0] * SLOTS
+        self.items: Counter = Counter()
+        self.session_sum = 0.0
+        self.session_n = 0
+        self.failed_logins = 0
+        self.api_5xx = 0
+
+    def state(self) -> dict:
+        return {
+            "users": sorted(self.users, key=str), "active": sorted(self.active, key=str), "events": self.events,
+            "content_views": self.content_views, "slots": self.slots,
+            "items": [[k, v] for k, v in self.items.items()], "session_sum": self.session_sum,
+            "session_n": self.session_n, "failed_logins": self.failed_logins, "api_5xx": self.api_5xx,
+        }
+
+    @classmethod
+    def from_state(cls, s: dict) -> "_Day":
+        d = cls()
+        d.users = set(s["users"])
+        d.active = set(s["active"])
+        d.events = s["events"]
+        d.content_views = s["content_views"]
+        d.slots = list(s["slots"])
+        d.items = Counter({k: v for k, v in s["items"]})
+        d.session_sum = s["session_sum"]
+        d.session_n = s["session_n"]
+        d.failed_logins = s.get("failed_logins", 0)
+        d.api_5xx = s.get("api_5xx", 0)
+        return d
+
+
+class DailyFolder:
+    """Folds activity events into per-day usage reports; a folder in the sense of ``exporter.aggregate``."""
+
+    def __init__(self, config, health=None):
+        self.config = config
+        self.health = health
+        self.bounds = DayBoundaries(config.timezone, config.report_start_time)
+        self.gap = float(config.session_gap)
+        self.include_errors = bool(config.report_include_errors)
+        self.retention_days = int(config.report_retention_days)
+        self._days: dict[int, _Day] = {}
+        self._titles: dict[int, str] = {}  # item id -> latest title, for items still in a kept day
+        self._open: dict = {}  # user key -> [start ts, last ts, events]
+        self._oldest_kept = 0  # ordinal; events of older days are ignored (already past retention)
+        self._lock = threading.Lock()  # report() may run on a web thread while the refresher folds
+
+    # -- folder contract -------------------------------------------------------------------------------
+
+    def fold(self, event: Event) -> None:
+        ts = event.ts
+        ordinal = self.bounds.day_of(ts)
+        key = user_key(event)
+        with self._lock:
+            if key is not None:
+                self._session(key, ts)
+            if ordinal < self._oldest_kept:
+                return
+            day = self._days.get(ordinal)
+            if day is None:
+                day = self._days[ordinal] = _Day()
+            day.events += 1
+            day.slots[self.bounds.local_minute(ts) // 30] += 1
+            etype = event.event_type
+            if key is not None:
+                day.users.add(key)
+                if etype not in LOGIN_TYPES:
+                    day.active.add(key)
+            if etype in CONTENT_EVENT_TYPES:
+                day.content_views += 1
+                if event.item_id is not None:
+                    day.items[event.item_id] += 1
+                    if event.item_title:
+                        self._titles[event.item_id] = event.item_title[:200]
+            elif etype == "LOGIN_FAILED":
+                day.failed_logins += 1
+            elif etype in API_EVENT_TYPES and status_is_5xx(event.extra.get("status")):
+                day.api_5xx += 1
+
+    def _session(self, key, ts: float) -> None:
+        s = self._open.get(key)
+        if s is None:
+            self._open[key] = [ts, ts, 1]
+        elif ts - s[1] > self.gap:
+            self._close(s)
+            self._open[key] = [ts, ts, 1]
+        else:
+            if ts > s[1]:
+                s[1] = ts
+            elif ts < s[0]:
+                s[0] = ts  # a late row inside the session's reach
+            s[2] += 1
+
+    def _close(self, s) -> None:
+        if s[2] < 2:
+            return
+        day = self._days.get(self.bounds.day_of(s[0]))
+        if day is not None:
+            day.session_sum += s[1] - s[0]
+            day.session_n += 1
+
+    def advance(self, now: float) -> None:
+        """Close sessions idle longer than ``session_gap``; drop days older than ``report_retention_days``."""
+        with self._lock:
+            for key in [k for k, s in self._open.items() if now - s[1] > self.gap]:
+                self._close(self._open.pop(key))
+            oldest = self.bounds.day_of(now) - self.retention_days
+            if oldest > self._oldest_kept:
+                self._oldest_kept = oldest
+                for ordinal in [o for o in self._days if o < oldest]:
+                    del self._days[ordinal]
+                if self._titles:
+                    kept = set()
+                    for day in self._days.values():
+                        kept.update(day.items)
+                    self._titles = {k: v for k, v in self._titles.items() if k in kept}
+
+    def last_complete_day(self, now: float) -> date:
+        return date.fromordinal(self.bounds.day_of(now) - 1)
+
+    def families(self, now: float) -> list:
+        """Gauges for the last complete report day (zeros when it had no events)."""
+        day = self.last_complete_day(now)
+        rep = self.report(day) or {}
+        start, _ = self.bounds.interval(day)
+        out = []
+        for name, doc, value in (
+            ("activity_daily_report_start_timestamp_seconds", "Start of the last complete report day.", start),
+            ("activity_daily_report_users", "Distinct users with any event on the last complete report day.",
+             rep.get("user_count", 0)),
+            ("activity_daily_report_active_users",
+             "Distinct users with a non-login event on the last complete report day.", rep.get("active_users", 0)),
+            ("activity_daily_report_content_views",
+             "Reads, downloads and sends on the last complete report day.", rep.get("content_views", 0)),
+            ("activity_daily_report_average_session_duration_seconds",
+             "Average session duration (sessions of 2+ events) started on the last complete report day.",
+             rep.get("average_session_duration", 0.0)),
+        ):
+            out.append(GaugeMetricFamily(name, doc, value=value))
+        if self.include_errors:
+            out.append(GaugeMetricFamily("activity_daily_report_failed_logins",
+                                         "Failed logins on the last complete report day.",
+                                         value=rep.get("failed_logins", 0)))
+            out.append(GaugeMetricFamily("activity_daily_report_api_5xx",
+                                         "API requests answered 5xx on the last complete report day.",
+                                         value=rep.get("api_5xx", 0)))
+        return out
+
+    def state(self) -> dict:
+        with self._lock:
+            return {
+                "version": STATE_VERSION,
+                "start_time": self.config.report_start_time,
+                "timezone": self.config.timezone,
+                "days": {str(o): d.state() for o, d in self._days.items()},
+                "titles": [[k, v] for k, v in self._titles.items()],
+                "open": [[k, s] for k, s in self._open.items()],
+                "oldest_kept": self._oldest_kept,
+            }
+
+    def load_state(self, s: dict) -> None:
+        """Restore a checkpoint; one taken with another day boundary or zone is ignored (days would differ)."""
+        if not s or s.get("version") != STATE_VERSION:
+            return
+        if s.get("start_time") != self.config.report_start_time or s.get("timezone") != self.config.timezone:
+            return
+        with self._lock:
+            self._days = {int(o): _Day.from_state(d) for o, d in s.get("days", {}).items()}
+            self._titles = {k: v for k, v in s.get("titles", [])}
+            self._open = {k: list(v) for k, v in s.get("open", [])}
+            self._oldest_kept = int(s.get("oldest_kept", 0))
+
+    # -- reports ---------------------------------------------------------------------------------------
+
+    def days(self) -> list[date]:
+        with self._lock:
+            return [date.fromordinal(o) for o in sorted(self._days)]
+
+    def report(self, day: date, limit: int = TOP_CONTENT_DEFAULT, offset: int = 0) -> dict | None:
+        """Seed 001's report for ``day``, or None when no event fell on it (or it is past retention)."""
+        ordinal = day.toordinal()
+        with self._lock:
+            d = self._days.get(ordinal)
+            if d is None:
+                return None
+            session_sum, session_n = d.session_sum, d.session_n
+            for s in self._open.values():
+                if s[2] >= 2 and self.bounds.day_of(s[0]) == ordinal:
+                    session_sum += s[1] - s[0]
+                    session_n += 1
+            ranked = sorted(d.items.items(), key=lambda kv: (-kv[1], kv[0]))
+            top = [{"item_id": k, "title": self._titles.get(k), "count": v}
+                   for k, v in ranked[offset:offset + limit]]
+            report = {
+                "date": day.isoformat(),
+                "user_count": len(d.users),
+                "content_views": d.content_views,
+                "active_users": len(d.active),
+                "peak_usage_time": self._peak(d.slots),
+                "average_session_duration": round(session_sum / session_n, 3) if session_n else 0.0,
+                "top_10_content": top,
+                "total_events": d.events,
+                "sessions": session_n,
+                "distinct_content": len(d.items),
+            }
+            if self.include_errors:
+                report["failed_logins"] = d.failed_logins
+                report["api_5xx"] = d.api_5xx
+            return report
+
+    def _peak(self, slots: list) -> str | None:
+        start = self.bounds.start_minute
+        best, best_key = None, None
+        for slot, count in enumerate(slots):
+            if count == 0:
+                continue
+            key = (-count, (slot * 30 - start) % 1440)
+            if best_key is None or key < best_key:
+                best, best_key = slot, key
+        if best is None:
+            return None
+        return f"{best // 2:02d}:{(best % 2) * 30:02d}"
