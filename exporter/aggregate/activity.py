@@ -1,0 +1,411 @@
+"""User-activity aggregation (seed 000, User Activity tab): events folded into counters and window state.
+
+Counters only ever grow. Window gauges are exact:
+- distinct counts (active users, books read) keep each user's / book's last-seen time, so a window is a true
+  sliding window ``(now - window, now]``;
+- top books and average session duration are kept per local calendar day; window ``Nd`` covers today and
+  the ``N-1`` days before it, in the configured time zone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections import Counter, deque
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Event
+from exporter.aggregate.labels import LabelCap, clean
+from exporter.aggregate.timebuckets import LocalTime
+from exporter.config import Config, format_duration
+
+SESSION_BUCKETS = (60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, float("inf"))
+MAX_PENDING_SEARCHES_PER_USER = 100
+DAY = 86400
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class UserLabels:
+    """Maps (user_id, user_name) to the ``user`` label per ``user_label`` mode, capped by ``user_cap``."""
+
+    def __init__(self, mode: str, cap: int, admitted=()):
+        self.mode = mode
+        self.cap = LabelCap(cap, admitted)
+        self._cache: dict = {}
+
+    def __call__(self, user_id, user_name) -> str:
+        key = (user_id, user_name)
+        label = self._cache.get(key)
+        if label is None:
+            if self.mode == "none":
+                label = ""
+            else:
+                if self.mode == "id":
+                    raw = "unknown" if user_id is None else str(user_id)
+                elif user_name:
+                    raw = clean(user_name)
+                else:
+                    raw = "unknown" if user_id is None else f"User{user_id}"
+                if self.mode == "hash" and raw != "unknown":
+                    raw = hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:12]
+                label = self.cap(raw)
+            if len(self._cache) > 100000:
+                self._cache.clear()
+            self._cache[key] = label
+        return label
+
+
+def user_key(event: Event):
+    """Identity of a user for distinct counts and sessions: the id when known, else the name."""
+    if event.user_id is not None:
+        return event.user_id
+    return event.user_name or None
+
+
+class ActivityFolder:
+    """Folds ``cwa_user_activity`` events into the User Activity metrics of METRICS.md."""
+
+    def __init__(self, config: Config, health=None):
+        self.config = config
+        self.clock = LocalTime(config.timezone)
+        self.windows = list(config.windows)
+        self.users = UserLabels(config.user_label, config.user_cap)
+        cap = config.label_cap
+        self.event_types = LabelCap(len(STANDARD_EVENT_TYPES) + cap, STANDARD_EVENT_TYPES)
+        self.formats = LabelCap(cap)
+        self.sources = LabelCap(cap)
+        self.devices = LabelCap(cap)
+        self.shelves = LabelCap(cap)
+        # counters
+        self.events: Counter = Counter()  # (event_type, user)
+        self.format_events: Counter = Counter()  # (event_type, format, user)
+        self.discovery: Counter = Counter()  # source
+        self.device_events: Counter = Counter()  # device_type
+        self.by_hour: Counter = Counter()  # (weekday, hour)
+        self.shelf_changes: Counter = Counter()  # (shelf, action)
+        self.search_successes = 0
+        self.session_buckets = [0] * len(SESSION_BUCKETS)
+        self.session_sum = 0.0
+        self.session_count = 0
+        # window state
+        self.user_last_seen: dict = {}
+        self.book_last_read: dict = {}
+        self.day_book_counts: dict[int, Counter] = {}  # local day -> item_id -> READ+DOWNLOAD+EMAIL count
+        self.day_sessions: dict[int, list] = {}  # local day of session start -> [sum seconds, count]
+        self.titles: dict = {}
+        self.open_sessions: dict = {}  # user key -> [start, last, events]
+        self.pending_searches: dict = {}  # user key -> [search ts, ...]
+        self.recent_searches: deque = deque(maxlen=max(config.recent_searches, 1))
+        self._window_cache: dict = {}  # window -> Counter over the window's past days (before _cache_today)
+        self._cache_today = 0
+        self._max_ts = 0.0
+
+    # -- folding -----------------------------------------------------------------------------------------
+
+    def fold(self, event: Event) -> None:
+        ts = event.ts
+        extra = event.extra
+        etype = self.event_types(event.event_type)
+        user = self.users(event.user_id, event.user_name)
+        self.events[(etype, user)] += 1
+        self.by_hour[self.clock.weekday_hour(ts)] += 1
+        device = extra.get("device_type")
+        self.device_events[self.devices(clean(device).lower() if device else "unknown")] += 1
+        if ts > self._max_ts:
+            self._max_ts = ts
+
+        key = user_key(event)
+        if key is not None:
+            last = self.user_last_seen.get(key)
+            if last is None or ts > last:
+                self.user_last_seen[key] = ts
+            self._session(key, ts)
+
+        etype = event.event_type
+        if etype in CONTENT_EVENT_TYPES:
+            fmt = extra.get("format")
+            fmt = self.formats(clean(fmt, 16).upper() if fmt else "UNKNOWN")
+            self.format_events[(etype, fmt, user)] += 1
+            if etype != "EMAIL":
+                source = extra.get("source")
+                self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += 1
+            item = event.item_id
+            if item is not None:
+                if etype == "READ":
+                    last = self.book_last_read.get(item)
+                    if last is None or ts > last:
+                        self.book_last_read[item] = ts
+                day = self.clock.day(ts)
+                counts = self.day_book_counts.get(day)
+                if counts is None:
+                    counts = self.day_book_counts[day] = Counter()
+                counts[item] += 1
+                if event.item_title:
+                    self.titles[item] = clean(event.item_title)
+                if day < self._cache_today:
+                    self._window_cache.clear()  # a late event changed a past day some window has summed
+            if key is not None:
+                self._search_success(key, ts)
+        elif etype == "SEARCH":
+            if key is not None:
+                pending = self.pending_searches.setdefault(key, [])
+                if len(pending) >= MAX_PENDING_SEARCHES_PER_USER:
+                    pending.pop(0)
+                pending.append(ts)
+            if self.config.recent_searches_enabled and self.config.recent_searches:
+                query = extra.get("query")
+                if query is None and extra.get("format") is not None and len(extra) == 1:
+                    query = extra.get("format")  # legacy plain-string extra_data on a SEARCH is the query
+                self.recent_searches.append((ts, clean(query if query is not None else "", 100), user))
+        elif etype in ("SHELF_ADD", "SHELF_REMOVE"):
+            shelf = extra.get("shelf") or extra.get("shelf_name")
+            shelf = self.shelves(clean(shelf, 64) if shelf else "unknown")
+            self.shelf_changes[(shelf, "add" if etype == "SHELF_ADD" else "remove")] += 1
+
+    def _session(self, key, ts: float) -> None:
+        session = self.open_sessions.get(key)
+        if session is None:
+            self.open_sessions[key] = [ts, ts, 1]
+        elif ts - session[1] > self.config.session_gap:
+            self._close_session(session)
+            self.open_sessions[key] = [ts, ts, 1]
+        else:
+            if ts > session[1]:
+                session[1] = ts
+            session[2] += 1
+
+    def _close_session(self, session) -> None:
+        """Sessions with a single event have no duration (seed 000: 'user has multiple events')."""
+        start, last, count = session
+        if count < 2:
+            return
+        duration = last - start
+        self.session_sum += duration
+        self.session_count += 1
+        for i, bound in enumerate(SESSION_BUCKETS):
+            if duration <= bound:
+                self.session_buckets[i] += 1
+                break
+        day = self.clock.day(start)
+        stats = self.day_sessions.get(day)
+        if stats is None:
+            self.day_sessions[day] = [duration, 1]
+        else:
+            stats[0] += duration
+            stats[1] += 1
+
+    def _search_success(self, key, ts: float) -> None:
+        """A search succeeds when the same user reads, downloads or sends within the window after it."""
+        pending = self.pending_searches.get(key)
+        if not pending:
+            return
+        window = self.config.search_success_window
+        keep = []
+        for searched in pending:
+            delta = ts - searched
+            if 0 <= delta <= window:
+                self.search_successes += 1
+            elif delta < 0:
+                keep.append(searched)
+        if keep:
+            self.pending_searches[key] = keep
+        else:
+            del self.pending_searches[key]
+
+    def advance(self, now: float) -> None:
+        """Close sessions idle longer than the gap; drop state no window can see any more."""
+        gap = self.config.session_gap
+        for key, session in list(self.open_sessions.items()):
+            if now - session[1] > gap:
+                self._close_session(session)
+                del self.open_sessions[key]
+        window = self.config.search_success_window
+        for key, pending in list(self.pending_searches.items()):
+            pending[:] = [t for t in pending if now - t <= window]
+            if not pending:
+                del self.pending_searches[key]
+        oldest_day = self.clock.day(now) - int(max(self.windows) // DAY) - 1
+        for days in (self.day_book_counts, self.day_sessions):
+            for day in [d for d in days if d < oldest_day]:
+                del days[day]
+
+    # -- windows -----------------------------------------------------------------------------------------
+
+    def _window_days(self, now: float, window: float) -> tuple[int, int]:
+        today = self.clock.day(now)
+        return today, today - max(int(window // DAY), 1) + 1
+
+    def top_books(self, now: float, window: float) -> list[tuple]:
+        today, first = self._window_days(now, window)
+        if today != self._cache_today:
+            self._window_cache.clear()
+            self._cache_today = today
+        past = self._window_cache.get(window)
+        if past is None:
+            past = Counter()
+            for day, counts in self.day_book_counts.items():
+                if first <= day < today:
+                    past.update(counts)
+            self._window_cache[window] = past
+        total = past.copy()
+        total.update(self.day_book_counts.get(today, {}))
+        top = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[: self.config.top_books]
+        return [(item, self.titles.get(item, ""), count) for item, count in top]
+
+    def average_session(self, now: float, window: float) -> float:
+        today, first = self._window_days(now, window)
+        total = count = 0
+        for day, (seconds, n) in self.day_sessions.items():
+            if first <= day <= today:
+                total += seconds
+                count += n
+        return total / count if count else 0.0
+
+    @staticmethod
+    def _count_since(sorted_times: list, since: float) -> int:
+        return len(sorted_times) - bisect_left(sorted_times, since)
+
+    # -- exposition --------------------------------------------------------------------------------------
+
+    def families(self, now: float) -> list:
+        out = []
+        events = CounterMetricFamily("activity_events", "User activity events by type and user.", labels=["event_type", "user"])
+        for (etype, user), n in sorted(self.events.items()):
+            events.add_metric([etype, user], n)
+        out.append(events)
+
+        active = GaugeMetricFamily("activity_active_users", "Distinct users with any event in the window.", labels=["window"])
+        books = GaugeMetricFamily("activity_books_read", "Distinct books opened in the reader in the window.", labels=["window"])
+        avg = GaugeMetricFamily(
+            "activity_average_session_duration_seconds",
+            "Average length of sessions with more than one event that started in the window (local days).",
+            labels=["window"],
+        )
+        top = GaugeMetricFamily(
+            "activity_top_books", "Top books by reads + downloads + sends in the window (local days).",
+            labels=["window", "book_id", "title"],
+        )
+        user_times = sorted(self.user_last_seen.values())
+        book_times = sorted(self.book_last_read.values())
+        for window in self.windows:
+            label = format_duration(window)
+            active.add_metric([label], self._count_since(user_times, now - window))
+            books.add_metric([label], self._count_since(book_times, now - window))
+            avg.add_metric([label], self.average_session(now, window))
+            for item, title, count in self.top_books(now, window):
+                top.add_metric([label, str(item), title], count)
+        out += [active, books, avg, top]
+
+        fmt = CounterMetricFamily(
+            "activity_format_events", "Reads, downloads and sends by book format and user.",
+            labels=["event_type", "format", "user"],
+        )
+        for (etype, form, user), n in sorted(self.format_events.items()):
+            fmt.add_metric([etype, form, user], n)
+        out.append(fmt)
+        out.append(self._counter("activity_discovery", "How users found the books they read or downloaded.", "source", self.discovery))
+        out.append(self._counter("activity_device_events", "Events by client device type.", "device_type", self.device_events))
+
+        hours = CounterMetricFamily(
+            "activity_events_by_hour",
+            f"Events by local weekday (0 = Sunday) and hour in {self.config.timezone}.",
+            labels=["weekday", "hour"],
+        )
+        for (weekday, hour), n in sorted(self.by_hour.items()):
+            hours.add_metric([str(weekday), str(hour)], n)
+        out.append(hours)
+
+        recent = GaugeMetricFamily(
+            "activity_recent_search_timestamp_seconds", "When the most recent searches were made.", labels=["query", "user"]
+        )
+        if self.config.recent_searches_enabled:
+            latest: dict = {}
+            for ts, query, user in list(self.recent_searches)[-self.config.recent_searches:]:
+                latest[(query, user)] = max(ts, latest.get((query, user), 0))
+            for (query, user), ts in latest.items():
+                recent.add_metric([query, user], ts)
+        out.append(recent)
+
+        out.append(CounterMetricFamily(
+            "activity_search_successes",
+            "Searches followed by a read, download or send by the same user within the success window.",
+            value=self.search_successes,
+        ))
+        hist = HistogramMetricFamily("activity_session_duration_seconds", "Length of sessions with more than one event.")
+        cumulative, buckets = 0, []
+        for bound, n in zip(SESSION_BUCKETS, self.session_buckets):
+            cumulative += n
+            buckets.append((_bucket_label(bound), cumulative))
+        hist.add_metric([], buckets, self.session_sum)
+        out.append(hist)
+
+        shelves = CounterMetricFamily("activity_shelf_changes", "Books added to and removed from shelves.", labels=["shelf", "action"])
+        for (shelf, action), n in sorted(self.shelf_changes.items()):
+            shelves.add_metric([shelf, action], n)
+        out.append(shelves)
+        return out
+
+    @staticmethod
+    def _counter(name, doc, label, counts):
+        family = CounterMetricFamily(name, doc, labels=[label])
+        for value, n in sorted(counts.items()):
+            family.add_metric([value], n)
+        return family
+
+    # -- checkpoint --------------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "events": [[e, u, n] for (e, u), n in self.events.items()],
+            "format_events": [[e, f, u, n] for (e, f, u), n in self.format_events.items()],
+            "discovery": dict(self.discovery),
+            "device_events": dict(self.device_events),
+            "by_hour": [[w, h, n] for (w, h), n in self.by_hour.items()],
+            "shelf_changes": [[s, a, n] for (s, a), n in self.shelf_changes.items()],
+            "search_successes": self.search_successes,
+            "session_buckets": self.session_buckets,
+            "session_sum": self.session_sum,
+            "session_count": self.session_count,
+            "user_last_seen": [[k, t] for k, t in self.user_last_seen.items()],
+            "book_last_read": [[k, t] for k, t in self.book_last_read.items()],
+            "day_book_counts": {str(d): [[i, n] for i, n in c.items()] for d, c in self.day_book_counts.items()},
+            "day_sessions": {str(d): v for d, v in self.day_sessions.items()},
+            "titles": [[k, t] for k, t in self.titles.items()],
+            "open_sessions": [[k, s] for k, s in self.open_sessions.items()],
+            "pending_searches": [[k, p] for k, p in self.pending_searches.items()],
+            "recent_searches": list(self.recent_searches),
+            "labels": {
+                "user": self.users.cap.state(), "event_type": self.event_types.state(), "format": self.formats.state(),
+                "source": self.sources.state(), "device": self.devices.state(), "shelf": self.shelves.state(),
+            },
+        }
+
+    def load_state(self, s: dict) -> None:
+        self.events = Counter({(e, u): n for e, u, n in s["events"]})
+        self.format_events = Counter({(e, f, u): n for e, f, u, n in s["format_events"]})
+        self.discovery = Counter(s["discovery"])
+        self.device_events = Counter(s["device_events"])
+        self.by_hour = Counter({(w, h): n for w, h, n in s["by_hour"]})
+        self.shelf_changes = Counter({(sh, a): n for sh, a, n in s["shelf_changes"]})
+        self.search_successes = s["search_successes"]
+        self.session_buckets = list(s["session_buckets"])
+        self.session_sum = s["session_sum"]
+        self.session_count = s["session_count"]
+        self.user_last_seen = {k: t for k, t in s["user_last_seen"]}
+        self.book_last_read = {k: t for k, t in s["book_last_read"]}
+        self.day_book_counts = {int(d): Counter({i: n for i, n in c}) for d, c in s["day_book_counts"].items()}
+        self.day_sessions = {int(d): list(v) for d, v in s["day_sessions"].items()}
+        self.titles = {k: t for k, t in s["titles"]}
+        self.open_sessions = {k: list(v) for k, v in s["open_sessions"]}
+        self.pending_searches = {k: list(p) for k, p in s["pending_searches"]}
+        self.recent_searches.extend(tuple(r) for r in s["recent_searches"])
+        labels = s["labels"]
+        self.users.cap.admitted = set(labels["user"])
+        for cap, name in ((self.event_types, "event_type"), (self.formats, "format"), (self.sources, "source"),
+                          (self.devices, "device"), (self.shelves, "shelf")):
+            cap.admitted = set(labels[name])
+        self._window_cache = {}

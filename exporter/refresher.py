@@ -1,0 +1,416 @@
+"""The refresher: reads only new rows, folds them into the aggregates and publishes an immutable snapshot.
+
+A scrape never touches the database: ``/metrics`` serves the bytes rendered here at the end of each refresh,
+so its cost does not grow with history. A refresh reads rows with ``id > cursor`` in chunks, so it costs
+O(new rows). A failing database marks ``activity_exporter_database_up`` 0 and keeps the last good numbers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import openmetrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from exporter import __version__, db, state
+from exporter.aggregate.activity import ActivityFolder
+from exporter.aggregate.events import EVENT_COLUMNS, TABLE, parse_row
+from exporter.aggregate.health import Health
+from exporter.config import Config
+
+log = logging.getLogger("exporter.refresher")
+
+REFRESH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
+#: On PostgreSQL a lower id can commit after a higher one; a missing id is waited for this long.
+PG_GAP_GRACE_SECONDS = 60.0
+CHECKPOINT_EVERY_SECONDS = 60.0
+
+
+class IdCursor:
+    """Which ids have been folded, exactly once each, even when ids commit out of order.
+
+    ``safe``: every id at or below it has been folded or is known never to come. Ids above ``safe`` that were
+    folded are in ``seen``; a gap below the highest seen id stays open for ``grace`` seconds (an uncommitted
+    transaction may still fill it) and is then given up. On SQLite ids commit in order, so ``grace`` is 0.
+    """
+
+    def __init__(self, grace: float):
+        self.grace = grace
+        self.safe = 0
+        self.seen: set[int] = set()
+        self.gaps: dict[int, float] = {}
+
+    def is_new(self, row_id: int) -> bool:
+        return row_id > self.safe and row_id not in self.seen
+
+    def mark(self, row_id: int) -> None:
+        self.seen.add(row_id)
+
+    def settle(self, now: float) -> None:
+        """Advance ``safe`` over folded ids and over gaps that waited long enough."""
+        if not self.seen:
+            self.gaps.clear()
+            return
+        top = max(self.seen)
+        if self.grace <= 0:
+            self.safe, self.seen, self.gaps = top, set(), {}
+            return
+        for missing in range(self.safe + 1, top):
+            if missing not in self.seen and missing not in self.gaps:
+                self.gaps[missing] = now
+                if len(self.gaps) > 100000:
+                    break
+        while True:
+            nxt = self.safe + 1
+            if nxt in self.seen:
+                self.seen.discard(nxt)
+            elif nxt in self.gaps and now - self.gaps[nxt] >= self.grace:
+                del self.gaps[nxt]
+            else:
+                break
+            self.safe = nxt
+
+    def state(self) -> dict:
+        return {"safe": self.safe, "seen": sorted(self.seen), "gaps": [[k, v] for k, v in self.gaps.items()]}
+
+    def load_state(self, s: dict) -> None:
+        self.safe = s["safe"]
+        self.seen = set(s["seen"])
+        self.gaps = {k: v for k, v in s["gaps"]}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a scrape serves: pre-rendered exposition bytes, and the facts /healthz and / need."""
+
+    text: bytes = b""
+    text_gzip: bytes = b""
+    openmetrics: bytes = b""
+    created: float = 0.0
+    last_success: float | None = None
+    database_up: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def _optional_parts(config: Config, health: Health, engine):
+    """Folders and sources from the other aggregate modules (API, daily reports, history, library)."""
+    folders, sources = [], []
+    try:
+        from exporter.aggregate.api import ApiFolder
+        folders.append(ApiFolder(config, health))
+    except ImportError:  # pragma: no cover - during development only
+        log.debug("API metrics not available")
+    daily = None
+    if config.enable_daily_reports:
+        try:
+            from exporter.aggregate.daily import DailyFolder
+            daily = DailyFolder(config, health)
+            folders.append(daily)
+        except ImportError:  # pragma: no cover
+            log.debug("daily reports not available")
+    try:
+        from exporter.aggregate.history import HistorySource
+        sources.append(HistorySource(config, health, engine))
+    except ImportError:  # pragma: no cover
+        log.debug("history metrics not available")
+    if config.calibre_library:
+        try:
+            from exporter.aggregate.library import LibrarySource
+            sources.append(LibrarySource(config, health))
+        except ImportError:  # pragma: no cover
+            log.debug("library metrics not available")
+    return folders, sources, daily
+
+
+class Refresher:
+    """Owns the aggregates; ``refresh()`` runs in one thread at a time and swaps ``snapshot`` atomically."""
+
+    def __init__(self, config: Config, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self.engine = db.reader_engine(config.activity_db)
+        self._build_aggregates()
+        self.database_up = {"activity": 0}
+        if config.calibre_library:
+            self.database_up["calibre"] = 0
+        self.drops: dict[str, int] = {}
+        self.refresh_buckets = [0] * len(REFRESH_BUCKETS)
+        self.refresh_sum = 0.0
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.last_duration = 0.0
+        self._families: dict[str, list] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_checkpoint = 0.0
+        self.snapshot = Snapshot()
+        self._restore()
+
+    def _build_aggregates(self) -> None:
+        self.health = Health()
+        self.activity = ActivityFolder(self.config, self.health)
+        extra_folders, self.sources, self.daily = _optional_parts(self.config, self.health, self.engine)
+        self.folders = [self.activity, *extra_folders]
+        self.cursor = IdCursor(0.0 if db.is_sqlite(self.config.activity_db) else PG_GAP_GRACE_SECONDS)
+
+    # -- checkpoint --------------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        saved = state.load(self.config.state, self.config)
+        if not saved:
+            return
+        try:
+            self.cursor.load_state(saved["cursor"])
+            self.health.load_state(saved["health"])
+            for folder in self.folders:
+                part = saved["folders"].get(type(folder).__name__)
+                if part is not None:
+                    folder.load_state(part)
+            for source in self.sources:
+                part = saved["sources"].get(source.name)
+                if part is not None:
+                    source.load_state(part)
+            self.drops = dict(saved.get("drops", {}))
+            self.refresh_buckets = saved.get("refresh_buckets", self.refresh_buckets)
+            self.refresh_sum = saved.get("refresh_sum", 0.0)
+            log.info("resumed from %s at id %d", self.config.state, self.cursor.safe)
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("state file %s is incomplete (%s); starting from the beginning", self.config.state, e)
+            self._build_aggregates()
+
+    def checkpoint(self) -> None:
+        if not self.config.state:
+            return
+        payload = {
+            "cursor": self.cursor.state(),
+            "health": self.health.state(),
+            "folders": {type(f).__name__: f.state() for f in self.folders},
+            "sources": {s.name: s.state() for s in self.sources},
+            "drops": self.drops,
+            "refresh_buckets": self.refresh_buckets,
+            "refresh_sum": self.refresh_sum,
+        }
+        try:
+            state.save(self.config.state, self.config, payload)
+            self._last_checkpoint = self.clock()
+        except OSError as e:
+            self.health.refresh_error("checkpoint")
+            log.warning("cannot write state file %s: %s", self.config.state, e)
+
+    # -- refresh -----------------------------------------------------------------------------------------
+
+    def _read_activity(self) -> int:
+        """Fold every row not yet seen, in id order, chunk by chunk. Returns the number of rows read."""
+        query = text(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM {TABLE} WHERE id > :after ORDER BY id LIMIT :limit"
+        )
+        folders = self.folders
+        cursor = self.cursor
+        health = self.health
+        total = 0
+        after = cursor.safe
+        with self.engine.connect() as conn:
+            while True:
+                rows = conn.execute(query, {"after": after, "limit": self.config.chunk_size}).fetchall()
+                if not rows:
+                    break
+                folded = 0
+                for row in rows:
+                    row_id = row[0]
+                    if not cursor.is_new(row_id):
+                        continue
+                    cursor.mark(row_id)
+                    event = parse_row(row, health)
+                    folded += 1
+                    if event is None:
+                        continue
+                    for folder in folders:
+                        folder.fold(event)
+                health.ingested(TABLE, folded)
+                total += folded
+                after = rows[-1][0]
+                if len(rows) < self.config.chunk_size:
+                    break
+            conn.rollback()
+        return total
+
+    def _read_drops(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(text("SELECT reason, count FROM activity_shim_drops")).fetchall()
+        except SQLAlchemyError:
+            return  # older databases have no drop table: nothing was dropped by our shim
+        for reason, count in rows:
+            reason = str(reason)[:40]
+            self.drops[reason] = max(int(count or 0), self.drops.get(reason, 0))
+
+    def refresh(self) -> bool:
+        """One refresh cycle; never raises. Returns True when every part succeeded."""
+        with self._lock:
+            started = time.perf_counter()
+            now = self.clock()
+            ok = True
+            errors = []
+            try:
+                self._read_activity()
+                self._read_drops()
+                self.database_up["activity"] = 1
+            except SQLAlchemyError as e:
+                ok = False
+                self.database_up["activity"] = 0
+                self.health.refresh_error("activity")
+                errors.append(f"activity database: {_short(e)}")
+                self.engine.dispose()
+            finally:
+                self.cursor.settle(now)
+            for folder in self.folders:
+                try:
+                    folder.advance(now)
+                    self._families[type(folder).__name__] = folder.families(now)
+                except Exception as e:  # a bug in one aggregate must not take the exporter down
+                    ok = False
+                    self.health.refresh_error(type(folder).__name__)
+                    errors.append(f"{type(folder).__name__}: {_short(e)}")
+                    log.exception("aggregate %s failed", type(folder).__name__)
+            for source in self.sources:
+                try:
+                    source.refresh(now)
+                    self._families[source.name] = source.families(now)
+                    if source.database != "activity":  # the activity database's state is set above
+                        self.database_up[source.database] = 1
+                except Exception as e:
+                    ok = False
+                    self.database_up[source.database] = 0
+                    self.health.refresh_error(source.name)
+                    errors.append(f"{source.name}: {_short(e)}")
+                    log.warning("source %s failed: %s", source.name, _short(e))
+            duration = time.perf_counter() - started
+            self._observe_refresh(duration)
+            self.last_duration = duration
+            if ok:
+                self.last_success = now
+                self.last_error = None
+            else:
+                self.last_error = "; ".join(errors)
+                log.warning("refresh incomplete: %s", self.last_error)
+            self._publish(now)
+            if self.config.state and (not ok or now - self._last_checkpoint >= CHECKPOINT_EVERY_SECONDS):
+                self.checkpoint()
+            return ok
+
+    def _observe_refresh(self, duration: float) -> None:
+        self.refresh_sum += duration
+        for i, bound in enumerate(REFRESH_BUCKETS):
+            if duration <= bound:
+                self.refresh_buckets[i] += 1
+                break
+
+    # -- snapshot ----------------------------------------------------------------------------------------
+
+    def self_families(self) -> list:
+        build = GaugeMetricFamily("activity_exporter_build_info", "Exporter version.", labels=["version"])
+        build.add_metric([__version__], 1)
+        up = GaugeMetricFamily("activity_exporter_database_up", "1 when the last read of the database worked.", labels=["database"])
+        for name, value in sorted(self.database_up.items()):
+            up.add_metric([name], value)
+        last = GaugeMetricFamily(
+            "activity_exporter_last_refresh_success_timestamp_seconds", "When the last fully successful refresh ended."
+        )
+        last.add_metric([], self.last_success or 0)
+        hist = HistogramMetricFamily("activity_exporter_refresh_duration_seconds", "How long refreshes take.")
+        cumulative, buckets = 0, []
+        for bound, n in zip(REFRESH_BUCKETS, self.refresh_buckets):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        hist.add_metric([], buckets, self.refresh_sum)
+        rows = CounterMetricFamily("activity_exporter_rows_ingested", "Rows read from the stores.", labels=["table"])
+        for table, n in sorted(self.health.ingested_rows.items()):
+            rows.add_metric([table], n)
+        bad = CounterMetricFamily(
+            "activity_exporter_malformed_rows", "Rows that were malformed, by problem (skipped or repaired).",
+            labels=["table", "reason"],
+        )
+        for (table, reason), n in sorted(self.health.malformed_rows.items()):
+            bad.add_metric([table, reason], n)
+        errs = CounterMetricFamily("activity_exporter_refresh_errors", "Failed refresh stages.", labels=["stage"])
+        for stage, n in sorted(self.health.refresh_errors.items()):
+            errs.add_metric([stage], n)
+        drops = CounterMetricFamily(
+            "activity_exporter_events_dropped", "Events the logging shim had to drop, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(self.drops.items()):
+            drops.add_metric([reason], n)
+        return [build, up, last, hist, rows, bad, errs, drops]
+
+    def _publish(self, now: float) -> None:
+        families = [f for part in self._families.values() for f in part] + self.self_families()
+        collector = _StaticCollector(families)
+        body = generate_latest(collector)
+        self.snapshot = Snapshot(
+            text=body,
+            text_gzip=gzip.compress(body, 5),
+            openmetrics=openmetrics.exposition.generate_latest(collector),
+            created=now,
+            last_success=self.last_success,
+            database_up=dict(self.database_up),
+            error=self.last_error,
+        )
+
+    # -- thread ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="activity-refresher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            self._stop.wait(self.config.refresh_interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        with self._lock:
+            self.checkpoint()
+        self.engine.dispose()
+
+    def status(self) -> dict:
+        """Facts for /api/status and the index page."""
+        return {
+            "version": __version__,
+            "cursor": self.cursor.safe,
+            "open_id_gaps": len(self.cursor.gaps),
+            "last_refresh": self.snapshot.created or None,
+            "last_success": self.last_success,
+            "last_refresh_duration_seconds": round(self.last_duration, 6),
+            "last_error": self.last_error,
+            "database_up": dict(self.database_up),
+            "rows_ingested": dict(self.health.ingested_rows),
+            "malformed_rows": {f"{t}:{r}": n for (t, r), n in self.health.malformed_rows.items()},
+            "refresh_errors": dict(self.health.refresh_errors),
+            "events_dropped": dict(self.drops),
+        }
+
+
+class _StaticCollector:
+    """A prometheus_client collector over a fixed list of families (the snapshot)."""
+
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return iter(self._families)
+
+
+def _short(error: Exception) -> str:
+    message = str(getattr(error, "orig", None) or error).splitlines()[0]
+    return message[:200]
