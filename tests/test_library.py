@@ -290,3 +290,34 @@ def test_genuine_calibredb_library(tmp_path):
     _calibredb("add", "--library-path", str(lib), "--empty", "--title", "Placeholder")
     assert src.refresh(NOW) is True
     assert scalar(src.families(NOW), "calibre_books") == 3
+
+
+def test_deleted_book_still_in_cwa_enforcement(tmp_path, edge_library):
+    """CWA keeps enforcement history of books deleted since: the leaderboard keeps them, the library does not."""
+    from exporter import schema
+    from exporter.aggregate.history import HistorySource
+    from exporter.db import reader_engine, writer_engine
+
+    lib = sqlite3.connect(edge_library)
+    book_id = lib.execute("SELECT id FROM books WHERE title = 'Five formats'").fetchone()[0]
+    lib.execute("DELETE FROM books WHERE id = ?", (book_id,))
+    lib.commit()
+    lib.close()
+    cwa = str(tmp_path / "cwa.db")
+    schema.create_all(writer_engine(cwa))
+    conn = sqlite3.connect(cwa)
+    conn.executemany("INSERT INTO cwa_enforcement (timestamp, book_id, book_title, author, file_path, trigger_type) "
+                     "VALUES (?, ?, ?, 'A', '/x', 'auto -log')",
+                     [("2024-01-0%d 10:00:00" % d, book_id, "Five formats") for d in range(1, 4)]
+                     + [("2024-01-05 10:00:00", 1, "Unrated, no series")])
+    conn.commit()
+    conn.close()
+    config = load(overrides={"calibre_library": str(edge_library), "history_timezone": "UTC"}, environ={})
+    history = HistorySource(config, Health(), reader_engine(cwa))
+    history.refresh(NOW)
+    top = by_label(history.families(NOW), "activity_top_enforced_books", "book_id")
+    assert top == {str(book_id): 3, "1": 1}
+    library = LibrarySource(config, Health())
+    library.refresh(NOW)
+    assert_matches_sql(library.families(NOW), edge_library)
+    assert scalar(library.families(NOW), "calibre_books") == len(EDGE_BOOKS) - 1
