@@ -208,6 +208,7 @@ SPEC: list[Key] = [
     Key("listen", ":9712", _listen, "HOST:PORT the exporter serves on."),
     Key("refresh_interval", 15.0, _duration, "How often new rows are folded into the metrics."),
     Key("state", None, _opt_str, "File where cursor and aggregates are checkpointed, so a restart resumes; empty = none."),
+    Key("checkpoint_interval", 60.0, _duration, "How often the state file is written (also on shutdown and after errors)."),
     Key("chunk_size", 50000, _int(100), "Rows read per query during a refresh."),
     Key("timezone", "UTC", _timezone, "Time zone for hour-of-day / weekday labels and daily reports."),
     Key("history_timezone", "local", _timezone, "Time zone of CWA's own history tables (cwa_import ...), which store local time."),
@@ -242,6 +243,7 @@ class Config:
     listen: str
     refresh_interval: float
     state: str | None
+    checkpoint_interval: float
     chunk_size: int
     timezone: str
     history_timezone: str
@@ -333,7 +335,7 @@ def example_yaml() -> str:
         default = key.default
         if key.name in ("windows",):
             default = [format_duration(s) for s in default]
-        elif key.name in ("refresh_interval", "session_gap", "search_success_window"):
+        elif key.name in ("refresh_interval", "checkpoint_interval", "session_gap", "search_success_window"):
             default = format_duration(default)
         dumped = key.name + ": " + yaml.safe_dump(default, default_flow_style=True).replace("\n...", "").strip()
         lines.append(dumped)

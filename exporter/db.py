@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
@@ -62,11 +63,8 @@ def reader_engine(url_or_path: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_
     path = sqlite_path(url)
     if path is not None:
         uri = "file:" + quote(path) + "?mode=ro"
-        engine = create_engine(
-            "sqlite://",
-            creator=lambda: _sqlite_ro_connect(uri, busy_timeout_ms),
-        )
-        return engine
+        # No pooling: each refresh opens the file anew, so a deleted or replaced database is noticed.
+        return create_engine("sqlite://", creator=lambda: _sqlite_ro_connect(uri, busy_timeout_ms), poolclass=NullPool)
     engine = create_engine(url, pool_pre_ping=True)
 
     @event.listens_for(engine, "connect")

@@ -30,7 +30,6 @@ log = logging.getLogger("exporter.refresher")
 REFRESH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 #: On PostgreSQL a lower id can commit after a higher one; a missing id is waited for this long.
 PG_GAP_GRACE_SECONDS = 60.0
-CHECKPOINT_EVERY_SECONDS = 60.0
 
 
 class IdCursor:
@@ -302,7 +301,7 @@ class Refresher:
                 self.last_error = "; ".join(errors)
                 log.warning("refresh incomplete: %s", self.last_error)
             self._publish(now)
-            if self.config.state and (not ok or now - self._last_checkpoint >= CHECKPOINT_EVERY_SECONDS):
+            if self.config.state and (not ok or now - self._last_checkpoint >= self.config.checkpoint_interval):
                 self.checkpoint()
             return ok
 

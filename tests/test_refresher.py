@@ -1,0 +1,194 @@
+"""The refresher's guarantees: O(new rows), exactly-once across restarts and out-of-order commits, counters
+that never go down when rows are pruned, and a broken database that is reported, not fatal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from exporter import config as config_mod
+from exporter import db, schema
+from exporter.refresher import IdCursor, Refresher
+from tests.activity_fixture import NOW, make_rows, write_rows
+from tests.promtext import by_label, samples
+
+
+def events_total(refresher) -> float:
+    return sum(by_label(samples(refresher.snapshot.text), "activity_events_total", "event_type", "user").values())
+
+
+def valid_count(path: str) -> int:
+    conn = sqlite3.connect(path)
+    n = conn.execute("SELECT count(*) FROM cwa_user_activity WHERE julianday(timestamp) IS NOT NULL"
+                     " AND trim(coalesce(event_type, '')) != ''").fetchone()[0]
+    conn.close()
+    return n
+
+
+def make_config(path, **changes):
+    return config_mod.load(overrides={"activity_db": path, "chunk_size": 500, **changes})
+
+
+def test_incremental_refresh_reads_only_new_rows(tmp_path):
+    path = str(tmp_path / "cwa.db")
+    rows = make_rows(3000, seed=3)
+    write_rows(path, rows[:2000])
+    refresher = Refresher(make_config(path), clock=lambda: NOW)
+    refresher.refresh()
+    assert refresher.health.ingested_rows["cwa_user_activity"] == 2000
+    write_rows(path, rows[2000:])
+    refresher.refresh()
+    assert refresher.health.ingested_rows["cwa_user_activity"] == len(rows)  # the first 2000 were not read again
+    assert events_total(refresher) == valid_count(path)
+    refresher.refresh()
+    assert refresher.health.ingested_rows["cwa_user_activity"] == len(rows)
+
+
+def test_restart_resumes_from_checkpoint(tmp_path):
+    path, state_file = str(tmp_path / "cwa.db"), str(tmp_path / "state.json")
+    rows = make_rows(3000, seed=4)
+    write_rows(path, rows[:1500])
+    first = Refresher(make_config(path, state=state_file), clock=lambda: NOW)
+    first.refresh()
+    first.checkpoint()
+    before = events_total(first)
+    write_rows(path, rows[1500:])
+    second = Refresher(make_config(path, state=state_file), clock=lambda: NOW)
+    assert second.cursor.safe == first.cursor.safe
+    assert events_total(second) == 0  # nothing published before the first refresh
+    second.refresh()
+    assert second.health.ingested_rows["cwa_user_activity"] == len(rows)
+    assert events_total(second) == valid_count(path) > before
+    # Changing a setting that alters label values invalidates the checkpoint instead of mixing series.
+    third = Refresher(make_config(path, state=state_file, timezone="Europe/Berlin"), clock=lambda: NOW)
+    assert third.cursor.safe == 0
+
+
+def test_pruned_rows_never_lower_counters(tmp_path):
+    path = str(tmp_path / "cwa.db")
+    write_rows(path, make_rows(2000, seed=5)[:2000])
+    refresher = Refresher(make_config(path), clock=lambda: NOW)
+    refresher.refresh()
+    before = samples(refresher.snapshot.text)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM cwa_user_activity WHERE id <= 1500")
+    conn.commit()
+    conn.close()
+    write_rows(path, make_rows(10, seed=6))
+    refresher.refresh()
+    after = samples(refresher.snapshot.text)
+    for (name, labels), value in before.items():
+        if name.endswith("_total") or name.endswith("_count") or name.endswith("_bucket"):
+            assert after[(name, labels)] >= value, name
+    before_total = sum(by_label(before, "activity_events_total", "event_type", "user").values())
+    assert events_total(refresher) == before_total + valid_count_between(path, 2001, 2010)
+
+
+def valid_count_between(path, low, high):
+    conn = sqlite3.connect(path)
+    n = conn.execute("SELECT count(*) FROM cwa_user_activity WHERE id BETWEEN ? AND ? AND julianday(timestamp) IS NOT NULL"
+                     " AND trim(coalesce(event_type, '')) != ''", (low, high)).fetchone()[0]
+    conn.close()
+    return n
+
+
+def test_broken_database_reported_then_recovers(tmp_path):
+    path = str(tmp_path / "cwa.db")
+    write_rows(path, make_rows(500, seed=7))
+    refresher = Refresher(make_config(path), clock=lambda: NOW)
+    assert refresher.refresh()
+    good = refresher.snapshot
+    total = events_total(refresher)
+    shutil.move(path, path + ".away")
+    assert not refresher.refresh()
+    values = samples(refresher.snapshot.text)
+    assert by_label(values, "activity_exporter_database_up", "database")["activity"] == 0
+    assert by_label(values, "activity_exporter_refresh_errors_total", "stage")["activity"] == 1
+    assert events_total(refresher) == total  # the last good numbers are still served
+    assert refresher.snapshot.last_success == good.last_success
+    with open(path, "wb") as f:
+        f.write(b"this is not a sqlite database at all" * 100)
+    assert not refresher.refresh()
+    os.remove(path)
+    shutil.move(path + ".away", path)
+    assert refresher.refresh()
+    assert by_label(samples(refresher.snapshot.text), "activity_exporter_database_up", "database")["activity"] == 1
+    assert events_total(refresher) == total
+
+
+def test_activity_database_is_opened_read_only(tmp_path):
+    path = str(tmp_path / "cwa.db")
+    write_rows(path, make_rows(50, seed=8))
+    os.chmod(path, 0o444)
+    try:
+        refresher = Refresher(make_config(path), clock=lambda: NOW)
+        assert refresher.refresh(), refresher.last_error
+        with refresher.engine.connect() as conn, pytest.raises(Exception):
+            conn.execute(text("DELETE FROM cwa_user_activity"))
+    finally:
+        os.chmod(path, 0o644)
+
+
+def test_shim_drop_counts_exposed(tmp_path):
+    path = str(tmp_path / "cwa.db")
+    engine = db.writer_engine(path)
+    schema.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO activity_shim_drops(reason, count) VALUES ('queue_full', 7), ('database_error', 2)"))
+    refresher = Refresher(make_config(path), clock=lambda: NOW)
+    refresher.refresh()
+    drops = by_label(samples(refresher.snapshot.text), "activity_exporter_events_dropped_total", "reason")
+    assert drops == {"queue_full": 7, "database_error": 2}
+
+
+def test_id_cursor_waits_for_gaps_then_gives_up():
+    cursor = IdCursor(grace=60)
+    for row_id in (1, 2, 4, 5):
+        cursor.mark(row_id)
+    cursor.settle(now=1000)
+    assert cursor.safe == 2 and cursor.is_new(3) and not cursor.is_new(4)
+    cursor.settle(now=1059)
+    assert cursor.safe == 2
+    cursor.mark(3)
+    cursor.settle(now=1060)
+    assert cursor.safe == 5 and not cursor.seen
+    cursor.mark(7)
+    cursor.settle(now=2000)
+    cursor.settle(now=2061)  # id 6 never came (a rolled-back transaction)
+    assert cursor.safe == 7
+
+
+def test_postgres_out_of_order_commits_counted_once(pg_url):
+    """Two transactions take ids 1 and 2; the later id commits first. Both are counted, once."""
+    engine = create_engine(pg_url)
+    schema.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE cwa_user_activity RESTART IDENTITY"))
+    config = config_mod.load(overrides={"activity_db": pg_url})
+    refresher = Refresher(config, clock=time.time)
+    insert = text("INSERT INTO cwa_user_activity (timestamp, user_id, user_name, event_type, extra_data)"
+                  " VALUES (:ts, 1, 'admin', :etype, '{}') RETURNING id")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    slow = engine.connect()
+    slow_tx = slow.begin()
+    slow_id = slow.execute(insert, {"ts": stamp, "etype": "READ"}).scalar()
+    with engine.begin() as fast:
+        fast_id = fast.execute(insert, {"ts": stamp, "etype": "DOWNLOAD"}).scalar()
+    assert slow_id < fast_id
+    refresher.refresh()
+    counts = by_label(samples(refresher.snapshot.text), "activity_events_total", "event_type", "user")
+    assert counts == {("DOWNLOAD", "admin"): 1}
+    assert refresher.cursor.safe < slow_id  # the gap is held open for the slow transaction
+    slow_tx.commit()
+    slow.close()
+    refresher.refresh()
+    refresher.refresh()
+    counts = by_label(samples(refresher.snapshot.text), "activity_events_total", "event_type", "user")
+    assert counts == {("DOWNLOAD", "admin"): 1, ("READ", "admin"): 1}
+    assert refresher.cursor.safe == fast_id
+    engine.dispose()
