@@ -101,8 +101,14 @@ class Served:
     def __init__(self, app, threads=16):
         self.server = create_server(app, host="127.0.0.1", port=0, threads=threads, connection_limit=200)
         self.port = self.server.effective_port
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _run(self):
+        try:
+            self.server.run()
+        except OSError:  # the socket closed under select() by close(): the normal way to stop
+            pass
 
     def close(self):
         self.server.close()
