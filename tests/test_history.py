@@ -276,3 +276,19 @@ def test_reads_with_a_read_only_engine(tmp_path):
     with pytest.raises(Exception, match="readonly"):
         with src.engine.begin() as conn:
             conn.execute(text("DELETE FROM cwa_import"))
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"])
+def test_local_time_matches_zoneinfo_across_dst(zone):
+    """The per-hour cache gives exactly what zoneinfo gives, also in DST gaps, folds and 30-minute shifts."""
+    from datetime import timedelta
+
+    from exporter.aggregate.history import LocalTime
+
+    convert = LocalTime(zone)
+    tz = ZoneInfo(zone)
+    start = datetime(2024, 1, 1)
+    for minutes in range(0, 366 * 24 * 60, 13):
+        naive = start + timedelta(minutes=minutes, seconds=minutes % 60)
+        assert convert(naive.strftime("%Y-%m-%d %H:%M:%S")) == naive.replace(tzinfo=tz).timestamp(), naive
+    assert convert("2024-01-01 10:61:00") is None and convert("not a time") is None

@@ -68,8 +68,26 @@ class LocalTime:
 
     def __init__(self, zone_name: str):
         self.zone = None if zone_name == "local" else ZoneInfo(zone_name)
+        self._hours: dict[str, float | None] = {}  # 'YYYY-MM-DD HH' -> epoch of that local hour
 
     def __call__(self, value) -> float | None:
+        if isinstance(value, str) and len(value) == 19 and value[13] == ":" and value[16] == ":":
+            # CWA's own format: convert once per local hour, then add minutes and seconds. Only hours
+            # with one offset throughout are cached; an hour holding a transition takes the exact path.
+            hour = value[:13]
+            base = self._hours.get(hour, False)
+            if base is False:
+                start, end = self._convert(hour + ":00:00"), self._convert(hour + ":59:59")
+                base = start if start is not None and end == start + 3599 else None
+                if len(self._hours) > 100_000:
+                    self._hours.clear()
+                self._hours[hour] = base
+            mm, ss = value[14:16], value[17:19]
+            if base is not None and mm.isdigit() and ss.isdigit() and int(mm) <= 59 and int(ss) <= 59:
+                return base + int(mm) * 60 + int(ss)
+        return self._convert(value)
+
+    def _convert(self, value) -> float | None:
         if value is None:
             return None
         if isinstance(value, datetime):
