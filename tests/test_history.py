@@ -292,3 +292,34 @@ def test_local_time_matches_zoneinfo_across_dst(zone):
         naive = start + timedelta(minutes=minutes, seconds=minutes % 60)
         assert convert(naive.strftime("%Y-%m-%d %H:%M:%S")) == naive.replace(tzinfo=tz).timestamp(), naive
     assert convert("2024-01-01 10:61:00") is None and convert("not a time") is None
+
+
+def test_postgresql_activity_store(pg_url):
+    """The same reads work on the PostgreSQL store (quoted identifiers, LIMIT binds, reflection)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(pg_url)
+    schema.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE cwa_import, cwa_conversions, cwa_enforcement, epub_fixes RESTART IDENTITY"))
+        conn.execute(schema.imports.insert(), [
+            {"timestamp": "2024-01-01 10:00:00", "filename": f"b{i}.{'epub' if i % 2 else 'pdf'}",
+             "original_backed_up": "x", "source": "Web Upload" if i % 3 == 0 else None} for i in range(150)])
+        conn.execute(schema.enforcement.insert(), [
+            {"timestamp": "2024-01-01 10:00:00", "book_id": i % 4, "book_title": f"T{i % 4}", "author": "a",
+             "file_path": "/", "trigger_type": "manual -all"} for i in range(30)])
+    src = HistorySource(load(overrides={"activity_db": pg_url, "chunk_size": 100}, environ={}), Health(),
+                        reader_engine(pg_url))
+    assert src.refresh(NOW) == 180
+    with engine.connect() as conn:
+        expected_imports = {(s, "ingest", f): n for s, f, n in conn.execute(text(
+            "SELECT COALESCE(source, 'unknown'), CASE WHEN filename LIKE '%.epub' THEN 'EPUB' ELSE 'PDF' END, "
+            "COUNT(*) FROM cwa_import GROUP BY 1, 2"))}
+        expected_top = {(str(b), t): n for b, t, n in conn.execute(text(
+            "SELECT book_id, book_title, COUNT(*) FROM cwa_enforcement GROUP BY 1, 2"))}
+    fams = src.families(NOW)
+    assert counter(fams, "activity_imports_total", "source", "method", "format") == expected_imports
+    assert counter(fams, "activity_top_enforced_books", "book_id", "title") == expected_top
+    assert src.refresh(NOW) == 0
+    src.engine.dispose()
+    engine.dispose()
