@@ -4,7 +4,9 @@ Read incrementally: per table, only rows with ``id > cursor``, in chunks of ``co
 read-only engine of the activity store. The counts live in this object (and its checkpoint), never in a
 ``COUNT(*)``, so a counter does not go down when CWA or ``prune`` deletes rows. If a table's ``MAX(id)`` falls
 below the cursor (the table was emptied or the database replaced), the cursor moves down to it, so later rows
-are counted and no earlier row is counted twice.
+are counted and no earlier row is counted twice. A plain ``id > cursor`` is exact for SQLite (CWA's cwa.db:
+one writer at a time); on a PostgreSQL store written by several processes, a row committed after a
+higher id was read would be missed (the activity table's gap-holding cursor is not used here yet).
 
 Old CWA databases lack tables or columns (``end_format``, our ``source``/``method``): a missing table reads as
 empty, a missing column as NULL. CWA writes these timestamps with ``datetime.now()``, i.e. in the local time of
