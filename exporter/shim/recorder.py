@@ -78,7 +78,7 @@ def _to_int(value):
 class ActivityRecorder:
     """Bounded queue + batch writer thread in front of the activity store (SQLite file or any SQLAlchemy URL).
 
-    Options: ``queue_size`` (100,000), ``batch_size`` (1,000), ``flush_interval`` seconds (0.2),
+    Options: ``queue_size`` (100,000), ``batch_size`` (2,000), ``flush_interval`` seconds (0.2),
     ``max_retries`` (3), ``retry_backoff`` seconds (0.1, doubled each retry), ``busy_timeout_ms`` (5,000),
     ``warn_interval`` seconds between two warnings of one kind (60), ``max_text`` (1,000),
     ``flush_at_exit`` (True), ``exit_timeout`` seconds (5). Flask options: see ``exporter.shim.flask_ext``.
@@ -87,7 +87,7 @@ class ActivityRecorder:
     def __init__(self, database_url: str | None = None, app=None, **options):
         self.database_url = to_url(database_url or os.environ.get("ACTIVITY_DB") or "activity.db")
         self.queue_size = int(options.pop("queue_size", 100_000))
-        self.batch_size = max(1, int(options.pop("batch_size", 1000)))
+        self.batch_size = max(1, int(options.pop("batch_size", 2000)))
         self.flush_interval = float(options.pop("flush_interval", 0.2))
         self.max_retries = max(0, int(options.pop("max_retries", 3)))
         self.retry_backoff = float(options.pop("retry_backoff", 0.1))
