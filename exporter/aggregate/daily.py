@@ -168,39 +168,55 @@ class DailyFolder:
         self._titles: dict[int, str] = {}  # item id -> latest title, for items still in a kept day
         self._open: dict = {}  # user key -> [start ts, last ts, events]
         self._oldest_kept = 0  # ordinal; events of older days are ignored (already past retention)
+        self._memo_minute, self._memo = None, (0, 0)
         self._lock = threading.Lock()  # report() may run on a web thread while the refresher folds
 
     # -- folder contract -------------------------------------------------------------------------------
 
     def fold(self, event: Event) -> None:
-        ts = event.ts
-        ordinal = self.bounds.day_of(ts)
-        key = user_key(event)
         with self._lock:
-            if key is not None:
-                self._session(key, ts)
-            if ordinal < self._oldest_kept:
-                return
-            day = self._days.get(ordinal)
-            if day is None:
-                day = self._days[ordinal] = _Day()
-            day.events += 1
-            day.slots[self.bounds.local_minute(ts) // 30] += 1
-            etype = event.event_type
-            if key is not None:
-                day.users.add(key)
-                if etype not in LOGIN_TYPES:
-                    day.active.add(key)
-            if etype in CONTENT_EVENT_TYPES:
-                day.content_views += 1
-                if event.item_id is not None:
-                    day.items[event.item_id] += 1
-                    if event.item_title:
-                        self._titles[event.item_id] = event.item_title[:200]
-            elif etype == "LOGIN_FAILED":
-                day.failed_logins += 1
-            elif etype in API_EVENT_TYPES and status_is_5xx(event.extra.get("status")):
-                day.api_5xx += 1
+            self._fold(event.ts, event.user_id, event.user_name, event.event_type, event.item_id,
+                       event.item_title, event.extra)
+
+    def fold_batch(self, batch) -> None:
+        """Fold an ``exporter.aggregate.events.Batch`` (columns) under one lock acquisition."""
+        fold = self._fold
+        with self._lock:
+            for row in zip(batch.ts, batch.user_ids, batch.user_names, batch.event_types, batch.item_ids,
+                           batch.item_titles, batch.extras):
+                fold(*row)
+
+    def _fold(self, ts, user_id, user_name, etype, item_id, item_title, extra) -> None:
+        minute = int(ts // 60)  # report days start on whole minutes: day and slot are constant per minute
+        if minute == self._memo_minute:
+            ordinal, slot = self._memo
+        else:
+            ordinal, slot = self.bounds.day_of(ts), self.bounds.local_minute(ts) // 30
+            self._memo_minute, self._memo = minute, (ordinal, slot)
+        key = user_id if user_id is not None else (("n:" + user_name) if user_name else None)
+        if key is not None:
+            self._session(key, ts)
+        if ordinal < self._oldest_kept:
+            return
+        day = self._days.get(ordinal)
+        if day is None:
+            day = self._days[ordinal] = _Day()
+        day.events += 1
+        day.slots[slot] += 1
+        if key is not None:
+            day.users.add(key)
+            if etype not in LOGIN_TYPES:
+                day.active.add(key)
+        if etype in CONTENT_EVENT_TYPES:
+            day.content_views += 1
+            if item_id is not None:
+                day.items[item_id] += 1
+                if item_title:
+                    self._titles[item_id] = item_title[:200]
+        elif etype == "LOGIN_FAILED":
+            day.failed_logins += 1
+        elif etype in API_EVENT_TYPES and status_is_5xx(extra.get("status")):
+            day.api_5xx += 1
 
     def _session(self, key, ts: float) -> None:
         s = self._open.get(key)
