@@ -12,7 +12,7 @@ WORKDIR /src
 # Metadata first so the dependency layer is cached while only the code changes.
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN pip install ".[postgres,auth]" \
+RUN pip install ".[postgres]" \
     && rm -rf /src
 
 # Unprivileged user; /data holds the checkpoint (state.json) and the demo data.

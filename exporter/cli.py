@@ -125,13 +125,12 @@ def cmd_serve(args, config) -> int:
     from exporter.refresher import Refresher
     from exporter.web import create_app, serve
 
-    auth = ssl_adapter = None
-    if config.web_config:
-        from exporter import webauth
+    from exporter import webauth
 
-        settings = webauth.load_web_config(config.web_config)
-        auth = webauth.AuthPolicy(settings, protect_metrics=config.metrics_auth)
-        ssl_adapter = webauth.ssl_adapter(settings)
+    web_config = webauth.load_web_config(config.web_config)  # raises ConfigError naming web_config
+    if config.metrics_auth and not web_config.users:
+        raise ConfigError("metrics_auth", "needs basic_auth_users in web_config")
+    ssl_adapter = webauth.ssl_adapter(web_config)
     refresher = Refresher(config)
     refresher.refresh()
     refresher.start()
@@ -141,7 +140,7 @@ def cmd_serve(args, config) -> int:
 
         live = demo.LiveEvents(config.activity_db)
         live.start()
-    app = create_app(config, refresher, auth=auth)
+    app = create_app(config, refresher, web_config=web_config)
 
     def shutdown(*_):
         raise KeyboardInterrupt

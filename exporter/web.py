@@ -28,9 +28,10 @@ def wants_openmetrics(accept: str) -> bool:
 class WebContext:
     """What the report and export endpoints need from the running exporter."""
 
-    def __init__(self, config: Config, refresher):
+    def __init__(self, config: Config, refresher, auth=None):
         self.config = config
         self.refresher = refresher
+        self.auth = auth
         self.daily = getattr(refresher, "daily", None)
         self._library_engine = None
 
@@ -48,8 +49,15 @@ class WebContext:
         return self.refresher.status()
 
 
-def create_app(config: Config, refresher, auth=None) -> Flask:
-    """``auth``: an ``exporter.webauth`` policy (or None) deciding which endpoints need credentials."""
+def create_app(config: Config, refresher, web_config=None) -> Flask:
+    """``web_config``: the parsed exporter-toolkit web config (users for basic auth); None reads
+    ``config.web_config``. Report, export and status endpoints always need credentials; /metrics when
+    ``metrics_auth`` is set."""
+    from exporter.reports_api import make_blueprint
+    from exporter.webauth import Authenticator, load_web_config, protect
+
+    web_config = web_config if web_config is not None else load_web_config(config.web_config)
+    auth = Authenticator(web_config.users)
     app = Flask("exporter")
     app.json.sort_keys = False
 
@@ -99,14 +107,9 @@ def create_app(config: Config, refresher, auth=None) -> Flask:
     def not_allowed(_e):
         return jsonify({"status": "error", "message": "method not allowed", "data": None}), 405
 
-    try:
-        from exporter.reports_api import make_blueprint
-    except ImportError:  # pragma: no cover - during development only
-        make_blueprint = None
-    if make_blueprint is not None:
-        app.register_blueprint(make_blueprint(WebContext(config, refresher)))
-    if auth is not None:
-        auth.install(app)
+    app.register_blueprint(make_blueprint(WebContext(config, refresher, auth)))
+    if config.metrics_auth:
+        protect(app, auth, paths={"/metrics"})
     return app
 
 

@@ -139,7 +139,7 @@ def test_dockerfile():
     ops = [i[0].upper() for i in instr]
     args = {op: [a for o, a in instr if o.upper() == op] for op in set(ops)}
     assert args["FROM"] == ["python:3.12-slim"]
-    assert any('pip install ".[postgres,auth]"' in a for a in args["RUN"])
+    assert any('pip install ".[postgres]"' in a for a in args["RUN"])
     assert "EXPOSE" in ops and args["EXPOSE"] == ["9712"]
     assert ops.index("USER") > max(i for i, o in enumerate(ops) if o == "RUN"), "RUN after USER runs as root"
     assert args["USER"][0] not in ("root", "0")

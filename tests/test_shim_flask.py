@@ -1,4 +1,4 @@
-"""The Flask extension in a real Flask app served by a real WSGI server (waitress), on SQLite and PostgreSQL."""
+"""The Flask extension in a real Flask app served by a real WSGI server (cheroot), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from blinker import Namespace
 from flask import Flask, abort, request
 from sqlalchemy import create_engine, text
-from waitress.server import create_server
+from cheroot import wsgi
 
 from exporter.shim import ActivityRecorder
 
@@ -96,22 +96,17 @@ def make_app(recorder: ActivityRecorder, **options) -> Flask:
 
 
 class Served:
-    """A waitress server in a background thread."""
+    """A cheroot server (the exporter's own WSGI server) in a background thread."""
 
     def __init__(self, app, threads=16):
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=threads, connection_limit=200)
-        self.port = self.server.effective_port
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.server = wsgi.Server(("127.0.0.1", 0), app, numthreads=threads)
+        self.server.prepare()
+        self.port = self.server.bind_addr[1]
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
         self.thread.start()
 
-    def _run(self):
-        try:
-            self.server.run()
-        except OSError:  # the socket closed under select() by close(): the normal way to stop
-            pass
-
     def close(self):
-        self.server.close()
+        self.server.stop()
 
 
 def run_clients(port, n_threads, per_thread, make_request, stop: threading.Event | None = None):

@@ -15,7 +15,7 @@ from collections import Counter, deque
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Event
+from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event
 from exporter.aggregate.labels import LabelCap, clean
 from exporter.aggregate.timebuckets import LocalTime
 from exporter.config import Config, format_duration
@@ -23,6 +23,7 @@ from exporter.config import Config, format_duration
 SESSION_BUCKETS = (60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, float("inf"))
 MAX_PENDING_SEARCHES_PER_USER = 100
 DAY = 86400
+_SPECIAL_TYPES = CONTENT_EVENT_TYPES | {"SEARCH", "SHELF_ADD", "SHELF_REMOVE"}
 
 
 def _bucket_label(bound: float) -> str:
@@ -36,6 +37,15 @@ class UserLabels:
         self.mode = mode
         self.cap = LabelCap(cap, admitted)
         self._cache: dict = {}
+
+    def labels(self, user_ids, user_names) -> list:
+        """Labels for two columns at once; only pairs not seen before go through ``__call__``."""
+        pairs = list(zip(user_ids, user_names))
+        labels = list(map(self._cache.get, pairs))
+        if None in labels:
+            for i in [i for i, label in enumerate(labels) if label is None]:
+                labels[i] = self(*pairs[i])
+        return labels
 
     def __call__(self, user_id, user_name) -> str:
         key = (user_id, user_name)
@@ -107,76 +117,101 @@ class ActivityFolder:
     # -- folding -----------------------------------------------------------------------------------------
 
     def fold(self, event: Event) -> None:
-        ts = event.ts
-        extra = event.extra
-        etype = self.event_types(event.event_type)
-        user = self.users(event.user_id, event.user_name)
-        self.events[(etype, user)] += 1
-        self.by_hour[self.clock.weekday_hour(ts)] += 1
-        device = extra.get("device_type")
-        self.device_events[self.devices(clean(device).lower() if device else "unknown")] += 1
-        if ts > self._max_ts:
-            self._max_ts = ts
+        self.fold_batch(Batch([event.id], [event.ts], [event.user_id], [event.user_name], [event.event_type],
+                              [event.item_id], [event.item_title], [event.extra]))
 
-        key = user_key(event)
+    def fold_batch(self, batch: Batch) -> None:
+        """Fold a chunk of rows, in id order. Whole columns are counted with ``Counter`` (C speed); only the
+        order-dependent parts (sessions, search success, last-seen times) walk the rows one by one."""
+        if not len(batch):
+            return
+        ts_col, extras, types = batch.ts, batch.extras, batch.event_types
+        users = self.users.labels(batch.user_ids, batch.user_names)
+        for (etype, user), n in Counter(zip(types, users)).items():
+            self.events[(self.event_types(etype), user)] += n
+        quarters = Counter([int(t) // 900 for t in ts_col])  # zone offsets are whole quarter hours
+        for quarter, n in quarters.items():
+            self.by_hour[self.clock.weekday_hour(quarter * 900)] += n
+        for device, n in Counter([e.get("device_type") for e in extras]).items():
+            self.device_events[self.devices(clean(device).lower() if device else "unknown")] += n
+        self._max_ts = max(self._max_ts, max(ts_col))
+
+        keys = [uid if uid is not None else (name or None) for uid, name in zip(batch.user_ids, batch.user_names)]
+        last_seen, seen_get = self.user_last_seen, self.user_last_seen.get
+        sessions, session_get = self.open_sessions, self.open_sessions.get
+        gap = self.config.session_gap
+        for key, ts in zip(keys, ts_col):
+            if key is None:
+                continue
+            if ts > seen_get(key, -1.0):
+                last_seen[key] = ts
+            session = session_get(key)
+            if session is None:
+                sessions[key] = [ts, ts, 1]
+            elif ts - session[1] > gap:
+                self._close_session(session)
+                sessions[key] = [ts, ts, 1]
+            else:
+                if ts > session[1]:
+                    session[1] = ts
+                session[2] += 1
+
+        special = [i for i, t in enumerate(types) if t in _SPECIAL_TYPES]
+        if not special:
+            return
+        items, titles = batch.item_ids, batch.item_titles
+        content = [i for i in special if types[i] in CONTENT_EVENT_TYPES]
+        raw_formats = Counter([(types[i], extras[i].get("format"), users[i]) for i in content])
+        for (etype, fmt, user), n in raw_formats.items():
+            self.format_events[(etype, self._format(fmt), user)] += n
+        raw_sources = Counter([extras[i].get("source") for i in content if types[i] != "EMAIL"])
+        for source, n in raw_sources.items():
+            self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
+        day_items = Counter([(int(ts_col[i]) // 900, items[i]) for i in content if items[i] is not None])
+        for (quarter, item), n in day_items.items():
+            day = self.clock.day(quarter * 900)
+            counts = self.day_book_counts.get(day)
+            if counts is None:
+                counts = self.day_book_counts[day] = Counter()
+            counts[item] += n
+            if day < self._cache_today:
+                self._window_cache.clear()  # a late event changed a past day some window has summed
+        book_read = self.book_last_read
+        for i in content:
+            item = items[i]
+            if item is None:
+                continue
+            if types[i] == "READ" and ts_col[i] > book_read.get(item, -1.0):
+                book_read[item] = ts_col[i]
+            if titles[i]:
+                self.titles[item] = titles[i]
+        for i in special:
+            etype = types[i]
+            key = keys[i]
+            if etype == "SEARCH":
+                self._search(key, ts_col[i], extras[i], users[i])
+            elif etype in CONTENT_EVENT_TYPES:
+                if key is not None and key in self.pending_searches:
+                    self._search_success(key, ts_col[i])
+            else:
+                shelf = extras[i].get("shelf") or extras[i].get("shelf_name")
+                shelf = self.shelves(clean(shelf, 64) if shelf else "unknown")
+                self.shelf_changes[(shelf, "add" if etype == "SHELF_ADD" else "remove")] += 1
+
+    def _format(self, fmt) -> str:
+        return self.formats(clean(fmt, 16).upper() if fmt else "UNKNOWN")
+
+    def _search(self, key, ts: float, extra: dict, user: str) -> None:
         if key is not None:
-            last = self.user_last_seen.get(key)
-            if last is None or ts > last:
-                self.user_last_seen[key] = ts
-            self._session(key, ts)
-
-        etype = event.event_type
-        if etype in CONTENT_EVENT_TYPES:
-            fmt = extra.get("format")
-            fmt = self.formats(clean(fmt, 16).upper() if fmt else "UNKNOWN")
-            self.format_events[(etype, fmt, user)] += 1
-            if etype != "EMAIL":
-                source = extra.get("source")
-                self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += 1
-            item = event.item_id
-            if item is not None:
-                if etype == "READ":
-                    last = self.book_last_read.get(item)
-                    if last is None or ts > last:
-                        self.book_last_read[item] = ts
-                day = self.clock.day(ts)
-                counts = self.day_book_counts.get(day)
-                if counts is None:
-                    counts = self.day_book_counts[day] = Counter()
-                counts[item] += 1
-                if event.item_title:
-                    self.titles[item] = clean(event.item_title)
-                if day < self._cache_today:
-                    self._window_cache.clear()  # a late event changed a past day some window has summed
-            if key is not None:
-                self._search_success(key, ts)
-        elif etype == "SEARCH":
-            if key is not None:
-                pending = self.pending_searches.setdefault(key, [])
-                if len(pending) >= MAX_PENDING_SEARCHES_PER_USER:
-                    pending.pop(0)
-                pending.append(ts)
-            if self.config.recent_searches_enabled and self.config.recent_searches:
-                query = extra.get("query")
-                if query is None and extra.get("format") is not None and len(extra) == 1:
-                    query = extra.get("format")  # legacy plain-string extra_data on a SEARCH is the query
-                self.recent_searches.append((ts, clean(query if query is not None else "", 100), user))
-        elif etype in ("SHELF_ADD", "SHELF_REMOVE"):
-            shelf = extra.get("shelf") or extra.get("shelf_name")
-            shelf = self.shelves(clean(shelf, 64) if shelf else "unknown")
-            self.shelf_changes[(shelf, "add" if etype == "SHELF_ADD" else "remove")] += 1
-
-    def _session(self, key, ts: float) -> None:
-        session = self.open_sessions.get(key)
-        if session is None:
-            self.open_sessions[key] = [ts, ts, 1]
-        elif ts - session[1] > self.config.session_gap:
-            self._close_session(session)
-            self.open_sessions[key] = [ts, ts, 1]
-        else:
-            if ts > session[1]:
-                session[1] = ts
-            session[2] += 1
+            pending = self.pending_searches.setdefault(key, [])
+            if len(pending) >= MAX_PENDING_SEARCHES_PER_USER:
+                pending.pop(0)
+            pending.append(ts)
+        if self.config.recent_searches_enabled and self.config.recent_searches:
+            query = extra.get("query")
+            if query is None and extra.get("format") is not None and len(extra) == 1:
+                query = extra.get("format")  # legacy plain-string extra_data on a SEARCH is the query
+            self.recent_searches.append((ts, clean(query if query is not None else "", 100), user))
 
     def _close_session(self, session) -> None:
         """Sessions with a single event have no duration (seed 000: 'user has multiple events')."""

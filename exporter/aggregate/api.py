@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from ..endpoints import categorize, normalize_endpoint
-from .events import API_EVENT_TYPES, TABLE
+from .events import API_EVENT_TYPES, TABLE, Batch
 from .labels import OTHER, LabelCap, clean
 
 #: Seconds; suited to web requests from a few ms (OPDS feed from cache) to slow Kobo syncs.
@@ -118,9 +118,24 @@ class ApiFolder:
         return hit
 
     def fold(self, event) -> None:
-        if event.event_type not in API_EVENT_TYPES:
+        self.fold_batch(Batch([event.id], [event.ts], [event.user_id], [event.user_name], [event.event_type],
+                              [event.item_id], [event.item_title], [event.extra]))
+
+    def fold_batch(self, batch) -> None:
+        """Rows with the same event type and the same parsed ``extra_data`` (the parser shares one dict per
+        distinct string) get the same labels: each such group is labelled once and counted ``n`` times."""
+        types, extras, ts = batch.event_types, batch.extras, batch.ts
+        rows = [i for i, t in enumerate(types) if t in API_EVENT_TYPES]
+        if not rows:
             return
-        extra = event.extra
+        groups = Counter([(types[i], id(extras[i])) for i in rows])
+        by_id = {id(extras[i]): extras[i] for i in rows}
+        for (event_type, extra_id), n in groups.items():
+            self._fold_group(event_type, by_id[extra_id], n)
+        for quarter, n in Counter([int(ts[i]) // 900 for i in rows]).items():
+            self.by_hour[self._weekday_hour(quarter * 900)] += n
+
+    def _fold_group(self, event_type: str, extra: dict, n: int) -> None:
         raw_endpoint = extra.get("endpoint") or extra.get("path")
         pattern = self._endpoint(raw_endpoint)
         category = extra.get("category")
@@ -128,22 +143,21 @@ class ApiFolder:
             if raw_endpoint:
                 category = categorize(pattern, self.rules)
             else:
-                category = EVENT_TYPE_CATEGORY.get(event.event_type)
+                category = EVENT_TYPE_CATEGORY.get(event_type)
                 category = category if category in self.categories else WEB_UI
         endpoint = self.endpoint_cap(pattern)
         self.requests[(category, endpoint, method_label(extra.get("method")), status_label(
-            extra.get("status", extra.get("status_code"))))] += 1
-        self.by_hour[self._weekday_hour(event.ts)] += 1
+            extra.get("status", extra.get("status_code"))))] += n
         seconds = duration_seconds(extra)
         if seconds is None:
             if extra.get("duration_ms", extra.get("response_time_ms")) is not None:
-                self.health.malformed(TABLE, "bad_duration")
+                self.health.malformed(TABLE, "bad_duration", n)
             return
         hist = self.histograms.get(category)
         if hist is None:
             hist = self.histograms[category] = [0] * (len(BUCKETS) + 1) + [0.0]
-        hist[bisect_left(BUCKETS, seconds)] += 1  # le semantics: a value equal to a bound falls in that bucket
-        hist[-1] += seconds
+        hist[bisect_left(BUCKETS, seconds)] += n  # le semantics: a value equal to a bound falls in that bucket
+        hist[-1] += seconds * n
 
     def advance(self, now: float) -> None:
         """Nothing expires: every API metric is a counter or histogram."""
