@@ -21,7 +21,10 @@ def _case(expr: str, values: list[str]) -> str:
 
 def generate(path: str, rows: int, days: int = 365, users: int = 200, books: int = 20000, now: float | None = None,
              first_id: int = 1) -> None:
-    """Append ``rows`` events spread over ``days`` days ending at ``now`` (ids from ``first_id``)."""
+    """Append ``rows`` events spread over ``days`` days ending at ``now`` (ids from ``first_id``).
+
+    Users act in bursts (12 consecutive events from one user, as in a reading session); books follow a
+    skewed popularity; every row carries CWA-style JSON ``extra_data``."""
     now = time.time() if now is None else now
     if first_id == 1 and os.path.exists(path):
         os.remove(path)
@@ -43,7 +46,7 @@ def generate(path: str, rows: int, days: int = 365, users: int = 200, books: int
         WITH RECURSIVE c(x) AS (SELECT {first_id} UNION ALL SELECT x + 1 FROM c WHERE x < {first_id + rows - 1}),
         e AS (SELECT x, {etype} AS et FROM c)
         SELECT x, datetime({start} + (x - {first_id}) * {step}, 'unixepoch'),
-               1 + (x * 2654435761) % {users}, 'user' || (1 + (x * 2654435761) % {users}), et,
+               1 + ((x / 12) * 2654435761) % {users}, 'user' || (1 + ((x / 12) * 2654435761) % {users}), et,
                CASE WHEN et IN ('READ', 'DOWNLOAD', 'EMAIL', 'SHELF_ADD', 'SHELF_REMOVE')
                     THEN 1 + abs((x * 40503) % {books}) * abs((x * 40503) % {books}) / {books} END,
                CASE WHEN et IN ('READ', 'DOWNLOAD', 'EMAIL', 'SHELF_ADD', 'SHELF_REMOVE') THEN 'Book title' END,

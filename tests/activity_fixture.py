@@ -14,7 +14,8 @@ import time
 
 
 NOW = 1_790_000_000.0  # a fixed "now" (2026-09-21) so window boundaries are reproducible
-USERS = [(1, "admin"), (2, "alice"), (3, "bob"), (4, "Zoë ☃"), (5, "eve"), (None, None), (7, None), (None, "ghost")]
+USERS = [(1, "admin"), (2, "alice"), (3, "bob"), (4, "Zoë ☃"), (5, "eve"), (None, None), (7, None), (None, "ghost"),
+         (9, 12345)]  # a user name stored as a number (SQLite keeps whatever type it is given)
 TYPES = ["LOGIN", "LOGOUT", "LOGIN_FAILED", "DOWNLOAD", "READ", "SEARCH", "EMAIL", "OPDS_ACCESS", "KOBO_SYNC",
          "API_CALL", "SHELF_ADD", "SHELF_REMOVE", "CUSTOM_EVENT"]
 
@@ -74,7 +75,7 @@ def make_rows(n: int, seed: int = 1, now: float = NOW, span_days: int = 400) -> 
         if rng.random() < 0.005:
             event_type = rng.choice([None, "", " read "])
         item = rng.randint(1, 40) if event_type in ("READ", "DOWNLOAD", "EMAIL", "SHELF_ADD", "SHELF_REMOVE") else None
-        title = None if item is None else rng.choice([f"Book {item}", f"Bøøk {item} — ✨", "T" * 5000])
+        title = None if item is None else rng.choice([f"Book {item}", f"Bøøk {item} — ✨", "T" * 5000, b"\xffblob"])
         rows.append({
             "timestamp": _timestamp(rng, ts), "user_id": user_id, "user_name": user_name, "event_type": event_type,
             "item_id": item, "item_title": title, "extra_data": _extra(rng, event_type or ""),

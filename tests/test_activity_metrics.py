@@ -15,7 +15,7 @@ from tests.promtext import by_label, samples
 VALID = "julianday(timestamp) IS NOT NULL AND trim(coalesce(event_type, '')) != ''"
 EPOCH = "((julianday(timestamp) - 2440587.5) * 86400.0)"
 ETYPE = "upper(trim(event_type))"
-USER = "coalesce(user_name, 'User' || user_id, 'unknown')"
+USER = "coalesce(CAST(user_name AS TEXT), 'User' || user_id, 'unknown')"
 UKEY = "coalesce(CAST(user_id AS TEXT), 'n:' || user_name)"
 EXTRA_OBJ = "(CASE WHEN json_valid(extra_data) AND json_type(extra_data) = 'object' THEN extra_data END)"
 FORMAT = (f"upper(coalesce(json_extract({EXTRA_OBJ}, '$.format'), "

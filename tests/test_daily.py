@@ -12,7 +12,7 @@ import pytest
 
 from exporter import config as config_mod
 from exporter.aggregate.daily import DailyFolder
-from exporter.aggregate.events import EVENT_COLUMNS, parse_row
+from exporter.aggregate.events import Batch, EVENT_COLUMNS, parse_row
 from exporter.aggregate.health import Health
 from exporter.db import writer_engine
 from exporter.schema import create_all
@@ -242,15 +242,9 @@ def test_fold_batch_equals_fold(db):
         f"SELECT {', '.join(EVENT_COLUMNS)} FROM cwa_user_activity ORDER BY id")]
     events = [e for e in events if e is not None]
 
-    class Columns:  # the shape of exporter.aggregate.events.Batch
-        def __init__(self, evs):
-            self.ts = [e.ts for e in evs]
-            self.user_ids = [e.user_id for e in evs]
-            self.user_names = [e.user_name for e in evs]
-            self.event_types = [e.event_type for e in evs]
-            self.item_ids = [e.item_id for e in evs]
-            self.item_titles = [e.item_title for e in evs]
-            self.extras = [e.extra for e in evs]
+    def Columns(evs):
+        return Batch(*[list(col) for col in zip(*[(e.id, e.ts, e.user_id, e.user_name, e.event_type, e.item_id,
+                                                      e.item_title, e.extra) for e in evs])])
 
     batched = DailyFolder(config, health)
     for i in range(0, len(events), 500):

@@ -167,9 +167,10 @@ class ActivityFolder:
         raw_sources = Counter([extras[i].get("source") for i in content if types[i] != "EMAIL"])
         for source, n in raw_sources.items():
             self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
-        day_items = Counter([(int(ts_col[i]) // 900, items[i]) for i in content if items[i] is not None])
-        for (quarter, item), n in day_items.items():
-            day = self.clock.day(quarter * 900)
+        quarter_items = Counter([(int(ts_col[i]) // 900, items[i]) for i in content if items[i] is not None])
+        day_of = {q: self.clock.day(q * 900) for q, _ in quarter_items}
+        for (quarter, item), n in quarter_items.items():
+            day = day_of[quarter]
             counts = self.day_book_counts.get(day)
             if counts is None:
                 counts = self.day_book_counts[day] = Counter()
@@ -193,10 +194,11 @@ class ActivityFolder:
             elif etype in CONTENT_EVENT_TYPES:
                 if key is not None and key in self.pending_searches:
                     self._search_success(key, ts_col[i])
-            else:
-                shelf = extras[i].get("shelf") or extras[i].get("shelf_name")
-                shelf = self.shelves(clean(shelf, 64) if shelf else "unknown")
-                self.shelf_changes[(shelf, "add" if etype == "SHELF_ADD" else "remove")] += 1
+        shelf_rows = Counter([(extras[i].get("shelf") or extras[i].get("shelf_name"), types[i])
+                              for i in special if types[i] in ("SHELF_ADD", "SHELF_REMOVE")])
+        for (shelf, etype), n in shelf_rows.items():
+            shelf = self.shelves(clean(shelf, 64) if shelf else "unknown")
+            self.shelf_changes[(shelf, "add" if etype == "SHELF_ADD" else "remove")] += n
 
     def _format(self, fmt) -> str:
         return self.formats(clean(fmt, 16).upper() if fmt else "UNKNOWN")
@@ -289,7 +291,7 @@ class ActivityFolder:
         total = past.copy()
         total.update(self.day_book_counts.get(today, {}))
         top = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[: self.config.top_books]
-        return [(item, self.titles.get(item, ""), count) for item, count in top]
+        return [(item, clean(self.titles.get(item, "")), count) for item, count in top]
 
     def average_session(self, now: float, window: float) -> float:
         today, first = self._window_days(now, window)

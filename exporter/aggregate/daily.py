@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily
 
-from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Event
+from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event
 
 LOGIN_TYPES = frozenset({"LOGIN", "LOGOUT", "LOGIN_FAILED"})
 SLOTS = 48
@@ -69,6 +69,7 @@ class DayBoundaries:
         self.start_minute = int(hh) * 60 + int(mm)
         self._offsets: dict[int, int] = {}
         self._bounds: dict[int, float] = {}
+        self._hour_days: dict[int, tuple] = {}
 
     def _offset(self, ts: float) -> int:
         hour = int(ts // 3600)
@@ -82,10 +83,6 @@ class DayBoundaries:
             self._offsets[hour] = off
         return off
 
-    def local_minute(self, ts: float) -> int:
-        """Minute of the local wall-clock day (0..1439)."""
-        return ((int(ts) + self._offset(ts)) % 86400) // 60
-
     def bound(self, ordinal: int) -> float:
         """Epoch seconds when report day ``date.fromordinal(ordinal)`` starts."""
         b = self._bounds.get(ordinal)
@@ -98,7 +95,33 @@ class DayBoundaries:
         return b
 
     def day_of(self, ts: float) -> int:
-        """Ordinal of the report day containing ``ts``."""
+        """Ordinal of the report day containing ``ts`` (looked up once per UTC hour: an hour holds at most
+        one day boundary)."""
+        first, last, boundary, _ = self._hour(int(ts) // 3600)
+        return first if boundary is None or ts < boundary else last
+
+    def _hour(self, hour: int) -> tuple:
+        """(day at the hour's start, day at its end, the boundary between them or None, UTC offset)."""
+        entry = self._hour_days.get(hour)
+        if entry is None:
+            first, last = self._day_of(hour * 3600), self._day_of(hour * 3600 + 3599)
+            entry = (first, last, self.bound(last) if last != first else None, self._offset(hour * 3600))
+            if len(self._hour_days) > 100000:
+                self._hour_days.clear()
+            self._hour_days[hour] = entry
+        return entry
+
+    def places(self, minutes) -> dict:
+        """{UTC minute number: (report day ordinal, local half-hour slot)} for a column of minute numbers."""
+        out = {}
+        hour_entry = self._hour
+        for minute in set(minutes):
+            ts = minute * 60
+            first, last, boundary, offset = hour_entry(minute // 60)
+            out[minute] = (first if boundary is None or ts < boundary else last, ((ts + offset) % 86400) // 1800)
+        return out
+
+    def _day_of(self, ts: float) -> int:
         local = int(ts) + self._offset(ts)
         d = local // 86400 + 719163  # date(1970, 1, 1).toordinal() == 719163
         if ts < self.bound(d):
@@ -168,69 +191,72 @@ class DailyFolder:
         self._titles: dict[int, str] = {}  # item id -> latest title, for items still in a kept day
         self._open: dict = {}  # user key -> [start ts, last ts, events]
         self._oldest_kept = 0  # ordinal; events of older days are ignored (already past retention)
-        self._memo_minute, self._memo = None, (0, 0)
         self._lock = threading.Lock()  # report() may run on a web thread while the refresher folds
 
     # -- folder contract -------------------------------------------------------------------------------
 
     def fold(self, event: Event) -> None:
-        with self._lock:
-            self._fold(event.ts, event.user_id, event.user_name, event.event_type, event.item_id,
-                       event.item_title, event.extra)
+        self.fold_batch(Batch([event.id], [event.ts], [event.user_id], [event.user_name], [event.event_type],
+                              [event.item_id], [event.item_title], [event.extra]))
 
     def fold_batch(self, batch) -> None:
-        """Fold an ``exporter.aggregate.events.Batch`` (columns) under one lock acquisition."""
-        fold = self._fold
-        with self._lock:
-            for row in zip(batch.ts, batch.user_ids, batch.user_names, batch.event_types, batch.item_ids,
-                           batch.item_titles, batch.extras):
-                fold(*row)
+        """Fold an ``exporter.aggregate.events.Batch`` a column at a time under one lock acquisition.
 
-    def _fold(self, ts, user_id, user_name, etype, item_id, item_title, extra) -> None:
-        minute = int(ts // 60)  # report days start on whole minutes: day and slot are constant per minute
-        if minute == self._memo_minute:
-            ordinal, slot = self._memo
-        else:
-            ordinal, slot = self.bounds.day_of(ts), self.bounds.local_minute(ts) // 30
-            self._memo_minute, self._memo = minute, (ordinal, slot)
-        key = user_id if user_id is not None else (("n:" + user_name) if user_name else None)
-        if key is not None:
-            self._session(key, ts)
-        if ordinal < self._oldest_kept:
+        Report days start on whole minutes and every zone offset is whole minutes, so the day and the
+        half-hour slot are looked up once per distinct minute, and the per-day figures are counted with
+        ``Counter`` over (day, value) pairs. Only sessions, which depend on order, walk the rows."""
+        if not len(batch):
             return
-        day = self._days.get(ordinal)
-        if day is None:
-            day = self._days[ordinal] = _Day()
-        day.events += 1
-        day.slots[slot] += 1
-        if key is not None:
-            day.users.add(key)
-            if etype not in LOGIN_TYPES:
-                day.active.add(key)
-        if etype in CONTENT_EVENT_TYPES:
-            day.content_views += 1
-            if item_id is not None:
-                day.items[item_id] += 1
-                if item_title:
-                    self._titles[item_id] = item_title[:200]
-        elif etype == "LOGIN_FAILED":
-            day.failed_logins += 1
-        elif etype in API_EVENT_TYPES and status_is_5xx(extra.get("status")):
-            day.api_5xx += 1
-
-    def _session(self, key, ts: float) -> None:
-        s = self._open.get(key)
-        if s is None:
-            self._open[key] = [ts, ts, 1]
-        elif ts - s[1] > self.gap:
-            self._close(s)
-            self._open[key] = [ts, ts, 1]
-        else:
-            if ts > s[1]:
-                s[1] = ts
-            elif ts < s[0]:
-                s[0] = ts  # a late row inside the session's reach
-            s[2] += 1
+        ts_col, types, items, titles, extras = batch.ts, batch.event_types, batch.item_ids, batch.item_titles, batch.extras
+        keys = [uid if uid is not None else (("n:" + name) if name else None)
+                for uid, name in zip(batch.user_ids, batch.user_names)]
+        minutes = [int(t // 60) for t in ts_col]
+        place = self.bounds.places(minutes)
+        with self._lock:
+            oldest = self._oldest_kept
+            rows = [i for i, m in enumerate(minutes) if place[m][0] >= oldest]
+            ordinals = {i: place[minutes[i]][0] for i in rows}
+            days = self._days
+            for ordinal in set(ordinals.values()):
+                if ordinal not in days:
+                    days[ordinal] = _Day()
+            sessions, gap, close = self._open, self.gap, self._close
+            for key, ts in zip(keys, ts_col):  # after the days exist: a session may start and end here
+                if key is None:
+                    continue
+                s = sessions.get(key)
+                if s is None:
+                    sessions[key] = [ts, ts, 1]
+                elif ts - s[1] > gap:
+                    close(s)
+                    sessions[key] = [ts, ts, 1]
+                else:
+                    if ts > s[1]:
+                        s[1] = ts
+                    elif ts < s[0]:
+                        s[0] = ts  # a late row inside the session's reach
+                    s[2] += 1
+            for (ordinal, slot), n in Counter([place[minutes[i]] for i in rows]).items():
+                day = days[ordinal]
+                day.events += n
+                day.slots[slot] += n
+            for ordinal, key, etype in {(ordinals[i], keys[i], types[i]) for i in rows if keys[i] is not None}:
+                day = days[ordinal]
+                day.users.add(key)
+                if etype not in LOGIN_TYPES:
+                    day.active.add(key)
+            content = [i for i in rows if types[i] in CONTENT_EVENT_TYPES]
+            for ordinal, n in Counter([ordinals[i] for i in content]).items():
+                days[ordinal].content_views += n
+            for (ordinal, item), n in Counter([(ordinals[i], items[i]) for i in content if items[i] is not None]).items():
+                days[ordinal].items[item] += n
+            self._titles.update((items[i], titles[i][:200]) for i in content if items[i] is not None and titles[i])
+            for i in rows:
+                etype = types[i]
+                if etype == "LOGIN_FAILED":
+                    days[ordinals[i]].failed_logins += 1
+                elif etype in API_EVENT_TYPES and status_is_5xx(extras[i].get("status")):
+                    days[ordinals[i]].api_5xx += 1
 
     def _close(self, s) -> None:
         if s[2] < 2:

@@ -240,27 +240,32 @@ class BatchParser:
                 parsed[i] = self._extra(raw_extras[i])
         types = list(map(_first, kinds))
         health = self.health
-        skipped = {i for i, t in enumerate(ts) if t is None}
+        skipped = {i for i, t in enumerate(ts) if t is None} if None in ts else set()
         health.malformed(TABLE, "bad_timestamp", len(skipped)) if skipped else None
         if None in types:
             missing = {i for i, t in enumerate(types) if t is None} - skipped
             health.malformed(TABLE, "missing_event_type", len(missing)) if missing else None
             skipped |= missing
-        oversized = {i for i, v in enumerate(user_names) if v is not None and len(v) > MAX_TEXT}
-        oversized.update(i for i, v in enumerate(item_titles) if v is not None and len(v) > MAX_TEXT)
+        user_names, item_titles = _texts(user_names), _texts(item_titles)
+        oversized = set()
+        for column in (user_names, item_titles):
+            if max(map(len, filter(None, column)), default=0) > MAX_TEXT:
+                oversized.update(i for i, v in enumerate(column) if v and len(v) > MAX_TEXT)
+        # Problems belong to distinct raw values, which repeat: count rows per value at C speed.
         reasons: Counter = Counter()
-        for notes_column in (map(_second, kinds), map(_second, parsed)):
-            for i, notes in enumerate(notes_column):
-                if notes and i not in skipped:
-                    for reason in notes:
-                        if reason == "oversized_value":
-                            oversized.add(i)
-                        else:
-                            reasons[reason] += 1
+        for raw_column, parsed_column in ((raw_types, kinds), (raw_extras, parsed)):
+            noted = {raw: result[1] for raw, result in dict(zip(raw_column, parsed_column)).items() if result[1]}
+            if not noted:
+                continue
+            for i in [i for i, raw in enumerate(raw_column) if raw in noted and i not in skipped]:
+                for reason in noted[raw_column[i]]:
+                    if reason == "oversized_value":
+                        oversized.add(i)
+                    else:
+                        reasons[reason] += 1
         for reason, n in reasons.items():
             health.malformed(TABLE, reason, n)
         extras = list(map(_first, parsed))
-        user_names, item_titles = list(user_names), list(item_titles)
         oversized -= skipped
         if oversized:
             health.malformed(TABLE, "oversized_value", len(oversized))
@@ -277,9 +282,14 @@ class BatchParser:
             item_ids = [_as_int(v) for v in item_ids]
         if not set(map(type, user_ids)) <= _INT_OR_NONE:
             user_ids = [_as_int(v) for v in user_ids]
-        if not set(map(type, user_names)) <= _STR_OR_NONE:
-            user_names = [None if v is None else str(v) for v in user_names]
         return Batch(ids, ts, user_ids, user_names, types, item_ids, item_titles, extras)
+
+
+def _texts(column) -> list:
+    """A text column as a list of str or None (odd databases store numbers or bytes in text columns)."""
+    if set(map(type, column)) <= _STR_OR_NONE:
+        return list(column)
+    return [None if v is None else (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for v in column]
 
 
 _first = itemgetter(0)
