@@ -13,7 +13,8 @@ from sqlalchemy import create_engine, text
 
 from exporter import config as config_mod
 from exporter import db, schema
-from exporter.refresher import IdCursor, Refresher
+from exporter.aggregate.cursor import IdCursor
+from exporter.refresher import Refresher
 from tests.activity_fixture import NOW, make_rows, write_rows
 from tests.promtext import by_label, samples
 
@@ -191,4 +192,33 @@ def test_postgres_out_of_order_commits_counted_once(pg_url):
     counts = by_label(samples(refresher.snapshot.text), "activity_events_total", "event_type", "user")
     assert counts == {("DOWNLOAD", "admin"): 1, ("READ", "admin"): 1}
     assert refresher.cursor.safe == fast_id
+    engine.dispose()
+
+
+def test_postgres_history_rows_out_of_order_counted_once(pg_url):
+    """The CWA history tables use the same gap-holding cursor: an import committed late is still counted."""
+    from exporter.aggregate.health import Health
+    from exporter.aggregate.history import HistorySource
+
+    engine = create_engine(pg_url)
+    schema.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE cwa_import RESTART IDENTITY"))
+    source = HistorySource(config_mod.load(overrides={"activity_db": pg_url}), Health(), db.reader_engine(pg_url))
+    insert = text("INSERT INTO cwa_import (timestamp, filename, original_backed_up) VALUES (:ts, :name, 'True')")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    slow = engine.connect()
+    slow_tx = slow.begin()
+    slow.execute(insert, {"ts": stamp, "name": "slow.epub"})
+    with engine.begin() as fast:
+        fast.execute(insert, {"ts": stamp, "name": "fast.pdf"})
+    source.refresh(time.time())
+    assert sum(source.imports.values()) == 1
+    slow_tx.commit()
+    slow.close()
+    source.refresh(time.time())
+    source.refresh(time.time())
+    assert sum(source.imports.values()) == 2
+    formats = {fmt for (_, _, fmt) in source.imports}
+    assert formats == {"EPUB", "PDF"}
     engine.dispose()

@@ -4,9 +4,9 @@ Read incrementally: per table, only rows with ``id > cursor``, in chunks of ``co
 read-only engine of the activity store. The counts live in this object (and its checkpoint), never in a
 ``COUNT(*)``, so a counter does not go down when CWA or ``prune`` deletes rows. If a table's ``MAX(id)`` falls
 below the cursor (the table was emptied or the database replaced), the cursor moves down to it, so later rows
-are counted and no earlier row is counted twice. A plain ``id > cursor`` is exact for SQLite (CWA's cwa.db:
-one writer at a time); on a PostgreSQL store written by several processes, a row committed after a
-higher id was read would be missed (the activity table's gap-holding cursor is not used here yet).
+are counted and no earlier row is counted twice. Each table has an ``IdCursor`` (the same as the activity
+table's): on PostgreSQL, where a lower id can commit after a higher one, a missing id is waited for, so no
+row is missed or counted twice.
 
 Old CWA databases lack tables or columns (``end_format``, our ``source``/``method``): a missing table reads as
 empty, a missing column as NULL. CWA writes these timestamps with ``datetime.now()``, i.e. in the local time of
@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import inspect, text
 
+from .cursor import IdCursor, grace_for
 from .labels import OTHER, LabelCap, clean
 
 KNOWN_FORMATS = frozenset(
@@ -118,7 +119,7 @@ class HistorySource:
         self.engine = engine
         self.chunk_size = config.chunk_size
         self.local_time = LocalTime(config.history_timezone)
-        self.cursors: dict[str, int] = {t: 0 for t in TABLES}
+        self.cursors: dict[str, IdCursor] = {t: IdCursor(grace_for(engine)) for t in TABLES}
         self.imports: Counter = Counter()  # (source, method, format)
         self.conversions: Counter = Counter()  # (from, to)
         self.enforcements: Counter = Counter()  # trigger
@@ -148,16 +149,22 @@ class HistorySource:
                     continue  # table (or its key) missing in this CWA version: nothing to read
                 select = ", ".join(f'"{c}"' if c in columns else "NULL" for c in wanted)
                 top = conn.execute(text(f'SELECT MAX("id") FROM "{table}"')).scalar()
-                if (top or 0) < self.cursors[table]:
-                    self.cursors[table] = top or 0  # table emptied or replaced: follow it down, count nothing twice
+                cursor = self.cursors[table]
+                if (top or 0) < cursor.safe:
+                    cursor.reset(top or 0)  # table emptied or replaced: follow it down, count nothing twice
                 fold = getattr(self, "_fold_" + table)
+                after = cursor.safe
                 while True:
                     rows = conn.execute(
                         text(f'SELECT {select} FROM "{table}" WHERE "id" > :cursor ORDER BY "id" LIMIT :n'),
-                        {"cursor": self.cursors[table], "n": self.chunk_size},
+                        {"cursor": after, "n": self.chunk_size},
                     ).fetchall()
                     if not rows:
                         break
+                    fetched, after = len(rows), rows[-1][0]
+                    if cursor.seen:  # ids above a gap were folded already
+                        rows = [row for row in rows if cursor.is_new(row[0])]
+                    cursor.mark_many([row[0] for row in rows])
                     for row in rows:
                         ts = self.local_time(row[1])
                         if ts is None:
@@ -165,11 +172,11 @@ class HistorySource:
                         elif ts > self.last_timestamp.get(table, float("-inf")):
                             self.last_timestamp[table] = ts
                         fold(row, ts)
-                    self.cursors[table] = rows[-1][0]
                     self.health.ingested(table, len(rows))
                     total += len(rows)
-                    if len(rows) < self.chunk_size:
+                    if fetched < self.chunk_size:
                         break
+                cursor.settle(now)
             conn.rollback()
         return total
 
@@ -254,7 +261,7 @@ class HistorySource:
 
     def state(self) -> dict:
         return {
-            "cursors": dict(self.cursors),
+            "cursors": {t: c.state() for t, c in self.cursors.items()},
             "imports": [[*k, n] for k, n in self.imports.items()],
             "conversions": [[*k, n] for k, n in self.conversions.items()],
             "enforcements": dict(self.enforcements),
@@ -267,7 +274,9 @@ class HistorySource:
         }
 
     def load_state(self, state: dict) -> None:
-        self.cursors = {t: 0 for t in TABLES} | {k: int(v) for k, v in state.get("cursors", {}).items()}
+        for table, saved in state.get("cursors", {}).items():
+            if table in self.cursors:
+                self.cursors[table].load_state(saved)
         self.imports = Counter({(s, m, f): n for s, m, f, n in state.get("imports", [])})
         self.conversions = Counter({(a, b): n for a, b, n in state.get("conversions", [])})
         self.enforcements = Counter(state.get("enforcements", {}))
