@@ -11,35 +11,67 @@ import random
 import sqlite3
 import time
 
-CALIBRE_TABLES = """
-CREATE TABLE books ( id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL DEFAULT 'Unknown' COLLATE NOCASE,
-    sort TEXT COLLATE NOCASE, timestamp TIMESTAMP DEFAULT CURRENT_TIMESTAMP, pubdate TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+# Calibre's own table and column definitions (as in a library made by ``calibredb``). Calibre's triggers and
+# views call Calibre-only SQL functions (``title_sort``, ``uuid4``): the insert trigger is left out so plain
+# sqlite3 can write, and the ``meta`` view is kept, so anything that reads views fails as it would on a real
+# library.
+CALIBRE_SCHEMA = """
+CREATE TABLE authors ( id   INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, sort TEXT COLLATE NOCASE,
+    link TEXT NOT NULL DEFAULT "", UNIQUE(name));
+CREATE TABLE books ( id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    title     TEXT NOT NULL DEFAULT 'Unknown' COLLATE NOCASE, sort      TEXT COLLATE NOCASE,
+    timestamp TIMESTAMP DEFAULT CURRENT_TIMESTAMP, pubdate   TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
     series_index REAL NOT NULL DEFAULT 1.0, author_sort TEXT COLLATE NOCASE, isbn TEXT DEFAULT "" COLLATE NOCASE,
     lccn TEXT DEFAULT "" COLLATE NOCASE, path TEXT NOT NULL DEFAULT "", flags INTEGER NOT NULL DEFAULT 1,
     uuid TEXT, has_cover BOOL DEFAULT 0, last_modified TIMESTAMP NOT NULL DEFAULT "2000-01-01 00:00:00+00:00");
-CREATE TABLE data ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, format TEXT NOT NULL COLLATE NOCASE,
-    uncompressed_size INTEGER NOT NULL, name TEXT NOT NULL, UNIQUE(book, format));
-CREATE TABLE series ( id INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, sort TEXT COLLATE NOCASE,
-    link TEXT NOT NULL DEFAULT "", UNIQUE (name));
-CREATE TABLE books_series_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, series INTEGER NOT NULL, UNIQUE(book));
-CREATE TABLE ratings ( id INTEGER PRIMARY KEY, rating INTEGER CHECK(rating > -1 AND rating < 11),
-    link TEXT NOT NULL DEFAULT "", UNIQUE (rating));
-CREATE TABLE books_ratings_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, rating INTEGER NOT NULL, UNIQUE(book, rating));
-CREATE TABLE authors ( id INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, sort TEXT COLLATE NOCASE,
-    link TEXT NOT NULL DEFAULT "", UNIQUE(name));
-CREATE TABLE books_authors_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, author INTEGER NOT NULL, UNIQUE(book, author));
-CREATE TABLE tags ( id INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, link TEXT NOT NULL DEFAULT "", UNIQUE (name));
-CREATE TABLE books_tags_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, tag INTEGER NOT NULL, UNIQUE(book, tag));
-CREATE TABLE languages ( id INTEGER PRIMARY KEY, lang_code TEXT NOT NULL COLLATE NOCASE, link TEXT NOT NULL DEFAULT "", UNIQUE(lang_code));
+CREATE TABLE books_authors_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, author INTEGER NOT NULL,
+    UNIQUE(book, author));
 CREATE TABLE books_languages_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, lang_code INTEGER NOT NULL,
     item_order INTEGER NOT NULL DEFAULT 0, UNIQUE(book, lang_code));
+CREATE TABLE books_ratings_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, rating INTEGER NOT NULL,
+    UNIQUE(book, rating));
+CREATE TABLE books_series_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, series INTEGER NOT NULL,
+    UNIQUE(book));
+CREATE TABLE books_tags_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, tag INTEGER NOT NULL,
+    UNIQUE(book, tag));
+CREATE TABLE data ( id     INTEGER PRIMARY KEY, book   INTEGER NOT NULL, format TEXT NOT NULL COLLATE NOCASE,
+    uncompressed_size INTEGER NOT NULL, name TEXT NOT NULL, UNIQUE(book, format));
+CREATE TABLE languages    ( id        INTEGER PRIMARY KEY, lang_code TEXT NOT NULL COLLATE NOCASE,
+    UNIQUE(lang_code));
+CREATE TABLE ratings ( id   INTEGER PRIMARY KEY, rating INTEGER CHECK(rating > -1 AND rating < 11),
+    UNIQUE (rating));
+CREATE TABLE series ( id   INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, sort TEXT COLLATE NOCASE,
+    UNIQUE (name));
+CREATE TABLE tags ( id   INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, UNIQUE (name));
+CREATE TRIGGER books_delete_trg AFTER DELETE ON books BEGIN
+    DELETE FROM books_authors_link WHERE book=OLD.id;
+    DELETE FROM books_ratings_link WHERE book=OLD.id;
+    DELETE FROM books_series_link WHERE book=OLD.id;
+    DELETE FROM books_tags_link WHERE book=OLD.id;
+    DELETE FROM books_languages_link WHERE book=OLD.id;
+    DELETE FROM data WHERE book=OLD.id;
+END;
+CREATE VIEW meta AS SELECT id, title, title_sort(title) AS sort FROM books;
 """
+
 UNDEFINED_PUBDATE = "0101-01-01 00:00:00+00:00"
 FORMAT_MIX = [("EPUB", 55), ("MOBI", 15), ("PDF", 15), ("AZW3", 8), ("KEPUB", 4), ("CBZ", 3)]
 
 
 def _calibre_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S+00:00", time.gmtime(ts))
+
+
+def insert_books(conn, books, data, series_links, rating_links, author_links, tag_links, lang_links) -> None:
+    """Insert books (id, title, sort, timestamp, pubdate, series_index, path, uuid) and their links."""
+    conn.executemany("INSERT INTO books (id, title, sort, timestamp, pubdate, series_index, path, uuid) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", books)
+    conn.executemany("INSERT INTO data (book, format, uncompressed_size, name) VALUES (?, ?, ?, ?)", data)
+    conn.executemany("INSERT INTO books_series_link (book, series) VALUES (?, ?)", series_links)
+    conn.executemany("INSERT INTO books_ratings_link (book, rating) VALUES (?, ?)", rating_links)
+    conn.executemany("INSERT INTO books_authors_link (book, author) VALUES (?, ?)", author_links)
+    conn.executemany("INSERT INTO books_tags_link (book, tag) VALUES (?, ?)", tag_links)
+    conn.executemany("INSERT INTO books_languages_link (book, lang_code) VALUES (?, ?)", lang_links)
 
 
 def build_library(directory: str, rng: random.Random, books: int = 1000, start: float | None = None) -> int:
@@ -51,7 +83,7 @@ def build_library(directory: str, rng: random.Random, books: int = 1000, start: 
     now = time.time()
     start = now - 5 * 365 * 86400 if start is None else start
     conn = sqlite3.connect(path)
-    conn.executescript(CALIBRE_TABLES)
+    conn.executescript(CALIBRE_SCHEMA)
     conn.executemany("INSERT INTO ratings(id, rating) VALUES (?, ?)", [(r + 1, r) for r in range(11)])
     conn.executemany("INSERT INTO languages(id, lang_code) VALUES (?, ?)", [(1, "eng"), (2, "deu"), (3, "fra")])
     conn.executemany("INSERT INTO tags(id, name) VALUES (?, ?)",
@@ -88,15 +120,7 @@ def build_library(directory: str, rng: random.Random, books: int = 1000, start: 
         author_links.append((book, rng.randint(1, len(authors))))
         tag_links.append((book, rng.randint(1, 6)))
         lang_links.append((book, rng.choices([1, 2, 3], [8, 1, 1])[0]))
-    conn.executemany(
-        "INSERT INTO books(id, title, sort, timestamp, pubdate, series_index, path, uuid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        book_rows)
-    conn.executemany("INSERT INTO data(book, format, uncompressed_size, name) VALUES (?, ?, ?, ?)", data_rows)
-    conn.executemany("INSERT INTO books_series_link(book, series) VALUES (?, ?)", series_links)
-    conn.executemany("INSERT INTO books_ratings_link(book, rating) VALUES (?, ?)", rating_links)
-    conn.executemany("INSERT INTO books_authors_link(book, author) VALUES (?, ?)", author_links)
-    conn.executemany("INSERT INTO books_tags_link(book, tag) VALUES (?, ?)", tag_links)
-    conn.executemany("INSERT INTO books_languages_link(book, lang_code) VALUES (?, ?)", lang_links)
+    insert_books(conn, book_rows, data_rows, series_links, rating_links, author_links, tag_links, lang_links)
     conn.commit()
     conn.close()
     return books

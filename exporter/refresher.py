@@ -12,6 +12,7 @@ import gzip
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_client import openmetrics
@@ -168,37 +169,47 @@ class Refresher:
 
     def _read_activity(self) -> int:
         """Fold every row not yet seen, in id order, chunk by chunk. Returns the number of rows read."""
-        query = self._activity_query()
         cursor = self.cursor
         total = 0
-        after = cursor.safe
         # Folding allocates millions of short-lived containers and no cycles; the cyclic collector would
         # rescan the growing aggregates again and again (about 20 % of a cold ingest).
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        with self.engine.connect() as conn:
-            dbapi = conn.connection.driver_connection.cursor()  # plain tuples, no Row objects per row
-            try:
-                while True:
-                    dbapi.execute(query, (after, self.config.chunk_size))
-                    rows = dbapi.fetchall()
-                    if not rows:
-                        break
-                    fetched, after = len(rows), rows[-1][0]
+        try:
+            with self.engine.connect() as conn:
+                for rows in self._chunks(conn, cursor.safe):
                     if cursor.seen:  # ids above a gap were folded already: skip them
                         rows = [row for row in rows if cursor.is_new(row[0])]
                     cursor.mark_many([row[0] for row in rows])
                     self._fold(self.parser.parse(rows))
                     self.health.ingested(TABLE, len(rows))
                     total += len(rows)
-                    if fetched < self.config.chunk_size:
-                        break
-            finally:
-                dbapi.close()
-                if gc_was_enabled:
-                    gc.enable()
-            conn.rollback()
+                conn.rollback()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         return total
+
+    def _chunks(self, conn, after: int):
+        """Chunks of rows with ``id > after`` in id order, as plain tuples. The next chunk is fetched in a
+        helper thread while the caller folds this one: the driver releases the GIL while the database works."""
+        query, limit = self._activity_query(), self.config.chunk_size
+        dbapi = conn.connection.driver_connection.cursor()
+
+        def fetch(last_id):
+            dbapi.execute(query, (last_id, limit))
+            return dbapi.fetchall()
+
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="activity-reader") as pool:
+                pending = pool.submit(fetch, after)
+                while pending is not None:
+                    rows = pending.result()
+                    pending = pool.submit(fetch, rows[-1][0]) if len(rows) == limit else None
+                    if rows:
+                        yield rows
+        finally:
+            dbapi.close()
 
     def _fold(self, batch) -> None:
         for folder in self.folders:

@@ -117,3 +117,12 @@ def write_rows(path: str, rows: list[dict]) -> None:
 def make_db(path: str, n: int = 5000, seed: int = 1, now: float = NOW) -> str:
     write_rows(path, make_rows(n, seed, now))
     return path
+
+
+def valid_count(path: str, low: int = 0, high: int = 2**62) -> int:
+    """Rows the exporter can use (readable timestamp and an event type), by SQLite's own reading."""
+    conn = sqlite3.connect(path)
+    n = conn.execute("SELECT count(*) FROM cwa_user_activity WHERE id BETWEEN ? AND ? AND julianday(timestamp)"
+                     " IS NOT NULL AND trim(coalesce(event_type, '')) != ''", (low, high)).fetchone()[0]
+    conn.close()
+    return n

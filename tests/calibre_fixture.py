@@ -12,46 +12,8 @@ import random
 import sqlite3
 from dataclasses import dataclass, field
 
-UNDEFINED_PUBDATE = "0101-01-01 00:00:00+00:00"
+from exporter.demo_library import CALIBRE_SCHEMA, UNDEFINED_PUBDATE, insert_books  # noqa: F401 (re-exported)
 
-CALIBRE_SCHEMA = """
-CREATE TABLE authors ( id   INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, sort TEXT COLLATE NOCASE,
-    link TEXT NOT NULL DEFAULT "", UNIQUE(name));
-CREATE TABLE books ( id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    title     TEXT NOT NULL DEFAULT 'Unknown' COLLATE NOCASE, sort      TEXT COLLATE NOCASE,
-    timestamp TIMESTAMP DEFAULT CURRENT_TIMESTAMP, pubdate   TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    series_index REAL NOT NULL DEFAULT 1.0, author_sort TEXT COLLATE NOCASE, isbn TEXT DEFAULT "" COLLATE NOCASE,
-    lccn TEXT DEFAULT "" COLLATE NOCASE, path TEXT NOT NULL DEFAULT "", flags INTEGER NOT NULL DEFAULT 1,
-    uuid TEXT, has_cover BOOL DEFAULT 0, last_modified TIMESTAMP NOT NULL DEFAULT "2000-01-01 00:00:00+00:00");
-CREATE TABLE books_authors_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, author INTEGER NOT NULL,
-    UNIQUE(book, author));
-CREATE TABLE books_languages_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, lang_code INTEGER NOT NULL,
-    item_order INTEGER NOT NULL DEFAULT 0, UNIQUE(book, lang_code));
-CREATE TABLE books_ratings_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, rating INTEGER NOT NULL,
-    UNIQUE(book, rating));
-CREATE TABLE books_series_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, series INTEGER NOT NULL,
-    UNIQUE(book));
-CREATE TABLE books_tags_link ( id INTEGER PRIMARY KEY, book INTEGER NOT NULL, tag INTEGER NOT NULL,
-    UNIQUE(book, tag));
-CREATE TABLE data ( id     INTEGER PRIMARY KEY, book   INTEGER NOT NULL, format TEXT NOT NULL COLLATE NOCASE,
-    uncompressed_size INTEGER NOT NULL, name TEXT NOT NULL, UNIQUE(book, format));
-CREATE TABLE languages    ( id        INTEGER PRIMARY KEY, lang_code TEXT NOT NULL COLLATE NOCASE,
-    UNIQUE(lang_code));
-CREATE TABLE ratings ( id   INTEGER PRIMARY KEY, rating INTEGER CHECK(rating > -1 AND rating < 11),
-    UNIQUE (rating));
-CREATE TABLE series ( id   INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, sort TEXT COLLATE NOCASE,
-    UNIQUE (name));
-CREATE TABLE tags ( id   INTEGER PRIMARY KEY, name TEXT NOT NULL COLLATE NOCASE, UNIQUE (name));
-CREATE TRIGGER books_delete_trg AFTER DELETE ON books BEGIN
-    DELETE FROM books_authors_link WHERE book=OLD.id;
-    DELETE FROM books_ratings_link WHERE book=OLD.id;
-    DELETE FROM books_series_link WHERE book=OLD.id;
-    DELETE FROM books_tags_link WHERE book=OLD.id;
-    DELETE FROM books_languages_link WHERE book=OLD.id;
-    DELETE FROM data WHERE book=OLD.id;
-END;
-CREATE VIEW meta AS SELECT id, title, title_sort(title) AS sort FROM books;
-"""
 
 
 @dataclass
@@ -155,13 +117,6 @@ def build_large(path: str, n_books: int, n_series: int | None = None, seed: int 
         for tag in set(rnd.choices(range(1, 501), k=3)):
             tag_links.append((i, tag))
         lang_links.append((i, rnd.randint(1, len(langs))))
-    conn.executemany("INSERT INTO books (id, title, sort, timestamp, pubdate, series_index, path, uuid) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", books)
-    conn.executemany("INSERT INTO data (book, format, uncompressed_size, name) VALUES (?, ?, ?, ?)", data)
-    conn.executemany("INSERT INTO books_series_link (book, series) VALUES (?, ?)", series_links)
-    conn.executemany("INSERT INTO books_ratings_link (book, rating) VALUES (?, ?)", rating_links)
-    conn.executemany("INSERT INTO books_authors_link (book, author) VALUES (?, ?)", author_links)
-    conn.executemany("INSERT INTO books_tags_link (book, tag) VALUES (?, ?)", tag_links)
-    conn.executemany("INSERT INTO books_languages_link (book, lang_code) VALUES (?, ?)", lang_links)
+    insert_books(conn, books, data, series_links, rating_links, author_links, tag_links, lang_links)
     conn.commit()
     conn.close()

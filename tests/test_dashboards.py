@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_queries import DASHBOARDS, dashboard_queries, metric_names, rule_queries  # noqa: E402
+from e2e_queries import dashboard_queries, metric_names, rule_queries  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = ROOT / "grafana" / "generate.py"

@@ -15,20 +15,12 @@ from exporter import config as config_mod
 from exporter import db, schema
 from exporter.aggregate.cursor import IdCursor
 from exporter.refresher import Refresher
-from tests.activity_fixture import NOW, make_rows, write_rows
+from tests.activity_fixture import NOW, make_rows, valid_count, write_rows
 from tests.promtext import by_label, samples
 
 
 def events_total(refresher) -> float:
     return sum(by_label(samples(refresher.snapshot.text), "activity_events_total", "event_type", "user").values())
-
-
-def valid_count(path: str) -> int:
-    conn = sqlite3.connect(path)
-    n = conn.execute("SELECT count(*) FROM cwa_user_activity WHERE julianday(timestamp) IS NOT NULL"
-                     " AND trim(coalesce(event_type, '')) != ''").fetchone()[0]
-    conn.close()
-    return n
 
 
 def make_config(path, **changes):
@@ -87,15 +79,7 @@ def test_pruned_rows_never_lower_counters(tmp_path):
         if name.endswith("_total") or name.endswith("_count") or name.endswith("_bucket"):
             assert after[(name, labels)] >= value, name
     before_total = sum(by_label(before, "activity_events_total", "event_type", "user").values())
-    assert events_total(refresher) == before_total + valid_count_between(path, 2001, 2010)
-
-
-def valid_count_between(path, low, high):
-    conn = sqlite3.connect(path)
-    n = conn.execute("SELECT count(*) FROM cwa_user_activity WHERE id BETWEEN ? AND ? AND julianday(timestamp) IS NOT NULL"
-                     " AND trim(coalesce(event_type, '')) != ''", (low, high)).fetchone()[0]
-    conn.close()
-    return n
+    assert events_total(refresher) == before_total + valid_count(path, 2001, 2010)
 
 
 def test_broken_database_reported_then_recovers(tmp_path):

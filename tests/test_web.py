@@ -5,25 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from tests.activity_fixture import make_rows, write_rows
+from tests.activity_fixture import make_rows, valid_count, write_rows
 from tests.exporter_process import ROOT, exporter, get, wait_until
 from tests.promtext import by_label, samples
 
 FAST = {"ACTIVITY_EXPORTER_REFRESH_INTERVAL": "0.3", "ACTIVITY_EXPORTER_CHECKPOINT_INTERVAL": "0.5"}
-
-
-def valid_rows(path: str) -> int:
-    conn = sqlite3.connect(path)
-    n = conn.execute("SELECT count(*) FROM cwa_user_activity WHERE julianday(timestamp) IS NOT NULL"
-                     " AND trim(coalesce(event_type, '')) != ''").fetchone()[0]
-    conn.close()
-    return n
 
 
 def metric_values(base: str) -> dict:
@@ -49,7 +40,7 @@ def db_path(tmp_path):
 
 def test_metrics_formats_and_promtool(db_path, tmp_path):
     with exporter("--activity-db", db_path, env=FAST) as (base, _):
-        wait_until(lambda: events_total(base) == valid_rows(db_path))
+        wait_until(lambda: events_total(base) == valid_count(db_path))
         status, headers, body = get(base + "/metrics")
         assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
         promtool = shutil.which("promtool")
@@ -93,15 +84,15 @@ def test_kill_and_restart_mid_stream(tmp_path):
     rows = make_rows(4000, seed=12)
     write_rows(path, rows[:2000])
     with exporter("--activity-db", path, "--state", state_file, env=FAST) as (base, proc):
-        wait_until(lambda: events_total(base) == valid_rows(path))
+        wait_until(lambda: events_total(base) == valid_count(path))
         wait_until(lambda: os.path.exists(state_file))
         write_rows(path, rows[2000:3000])
-        wait_until(lambda: events_total(base) == valid_rows(path))
+        wait_until(lambda: events_total(base) == valid_count(path))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     write_rows(path, rows[3000:])
     with exporter("--activity-db", path, "--state", state_file, env=FAST) as (base, _):
-        wait_until(lambda: events_total(base) == valid_rows(path))
+        wait_until(lambda: events_total(base) == valid_count(path))
         assert ingested(base) == len(rows)  # every row read exactly once across both runs
 
 

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import date, datetime, time as dtime, timezone
+from datetime import date, datetime, time as dtime
 from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily
 
+from exporter.aggregate.timebuckets import LocalTime
 from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event
 
 LOGIN_TYPES = frozenset({"LOGIN", "LOGOUT", "LOGIN_FAILED"})
@@ -67,21 +68,9 @@ class DayBoundaries:
         hh, mm = start_time.split(":")
         self.start = dtime(int(hh), int(mm))
         self.start_minute = int(hh) * 60 + int(mm)
-        self._offsets: dict[int, int] = {}
         self._bounds: dict[int, float] = {}
         self._hour_days: dict[int, tuple] = {}
-
-    def _offset(self, ts: float) -> int:
-        hour = int(ts // 3600)
-        off = self._offsets.get(hour)
-        if off is None:
-            utc = datetime.fromtimestamp(hour * 3600, timezone.utc)
-            local = utc.astimezone(self.zone) if self.zone is not None else utc.astimezone()
-            off = int(local.utcoffset().total_seconds())
-            if len(self._offsets) > 100000:
-                self._offsets.clear()
-            self._offsets[hour] = off
-        return off
+        self._offset = LocalTime(zone_name).offset
 
     def bound(self, ordinal: int) -> float:
         """Epoch seconds when report day ``date.fromordinal(ordinal)`` starts."""
