@@ -178,6 +178,28 @@ def _readable_file(v):
     return v
 
 
+def _activity_db(v):
+    """A URL is taken as given; a file path must be readable if it exists (a missing file is not an error:
+    the app may not have written yet, and the exporter reports the database down until it appears)."""
+    v = _str(v)
+    if "://" not in v and os.path.exists(v) and not os.access(v, os.R_OK):
+        raise ValueError(f"cannot read {v!r}")
+    if "://" not in v and os.path.isdir(v):
+        raise ValueError(f"{v!r} is a folder; give the database file (cwa.db)")
+    return v
+
+
+def _state_file(v):
+    v = _opt_str(v)
+    if v is not None:
+        folder = os.path.dirname(os.path.abspath(v))
+        if os.path.isdir(v):
+            raise ValueError(f"{v!r} is a folder; give a file name")
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+            raise ValueError(f"cannot write in {folder!r}")
+    return v
+
+
 def _calibre_library(v):
     v = _opt_str(v)
     if v is None:
@@ -203,11 +225,11 @@ DEFAULT_CATEGORY_RULES = [
 ]
 
 SPEC: list[Key] = [
-    Key("activity_db", "activity.db", _str, "Activity store: a SQLite path or a SQLAlchemy URL (postgresql+psycopg://...). Opened read-only."),
+    Key("activity_db", "activity.db", _activity_db, "Activity store: a SQLite path or a SQLAlchemy URL (postgresql+psycopg://...). Opened read-only."),
     Key("calibre_library", None, _calibre_library, "Calibre library folder or its metadata.db (read-only); empty to skip library metrics."),
     Key("listen", ":9712", _listen, "HOST:PORT the exporter serves on."),
     Key("refresh_interval", 15.0, _duration, "How often new rows are folded into the metrics."),
-    Key("state", None, _opt_str, "File where cursor and aggregates are checkpointed, so a restart resumes; empty = none."),
+    Key("state", None, _state_file, "File where cursor and aggregates are checkpointed, so a restart resumes; empty = none."),
     Key("checkpoint_interval", 60.0, _duration, "How often the state file is written (also on shutdown and after errors)."),
     Key("chunk_size", 50000, _int(100), "Rows read per query during a refresh."),
     Key("timezone", "UTC", _timezone, "Time zone for hour-of-day / weekday labels and daily reports."),

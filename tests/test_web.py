@@ -109,6 +109,10 @@ def run_cli(*args, env=None):
     (["check-config", "--calibre-library", "/nonexistent/library"], {}, "calibre_library"),
     (["check-config"], {"ACTIVITY_EXPORTER_TIMEZONE": "Mars/Olympus"}, "timezone"),
     (["serve", "--refresh-interval", "-5"], {}, "refresh_interval"),
+    (["check-config", "--activity-db", "/"], {}, "activity_db"),
+    (["check-config", "--state", "/proc"], {}, "state"),
+    (["serve"], {"ACTIVITY_EXPORTER_WEB_CONFIG": "/nonexistent/web.yml"}, "web_config"),
+    (["serve"], {"ACTIVITY_EXPORTER_METRICS_AUTH": "true"}, "metrics_auth"),
 ])
 def test_invalid_config_exits_2_naming_the_key(args, env, key):
     result = run_cli(*args, env=env)
