@@ -164,3 +164,41 @@ def test_user_cap_and_modes(env):
     hashed.refresh()
     text = hashed.snapshot.text.decode()
     assert "alice" not in text and "admin" not in text
+
+
+def test_windows_stay_exact_while_days_pass(tmp_path):
+    """Refreshing day after day (windows sliding, finished days packed, late rows for past days) gives the
+    same window gauges as reading everything at once."""
+    from tests.activity_fixture import make_rows, write_rows
+
+    path = str(tmp_path / "cwa.db")
+    rows = make_rows(4000, seed=21, span_days=40)
+    rows.sort(key=lambda r: r["timestamp"] or "")
+    late = [dict(r) for r in rows[100:140]]  # re-sent later, for days long past
+    clock = {"now": NOW - 20 * 86400}
+    live = Refresher(config_mod.load(overrides={"activity_db": path}), clock=lambda: clock["now"])
+    write_rows(path, [r for r in rows if (r["timestamp"] or "") < "2026-09-02"])
+    while clock["now"] < NOW:
+        live.refresh()
+        clock["now"] += 86400 * 3
+        write_rows(path, [r for r in rows
+                          if (r["timestamp"] or "") and
+                          clock["now"] - 3 * 86400 <= _epoch(r["timestamp"]) < clock["now"]])
+        if clock["now"] > NOW - 8 * 86400 and late:
+            write_rows(path, late)
+            late = []
+    clock["now"] = NOW
+    live.refresh()
+    fresh = Refresher(config_mod.load(overrides={"activity_db": path}), clock=lambda: NOW)
+    fresh.refresh()
+    for name in ("activity_top_books", "activity_active_users", "activity_books_read",
+                 "activity_average_session_duration_seconds"):
+        got = {k: v for k, v in samples(live.snapshot.text).items() if k[0] == name}
+        want = {k: v for k, v in samples(fresh.snapshot.text).items() if k[0] == name}
+        assert got == want and want, name
+
+
+def _epoch(text):
+    from exporter.aggregate.events import parse_timestamp
+
+    return parse_timestamp(text) or 0

@@ -10,11 +10,14 @@ Counters only ever grow. Window gauges are exact:
 from __future__ import annotations
 
 import hashlib
+import heapq
 from bisect import bisect_left
 from collections import Counter, deque
+from itertools import chain
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from exporter.aggregate.daycounts import DayCounts, WindowSums
 from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event
 from exporter.aggregate.labels import LabelCap, clean
 from exporter.aggregate.timebuckets import LocalTime
@@ -104,14 +107,13 @@ class ActivityFolder:
         # window state
         self.user_last_seen: dict = {}
         self.book_last_read: dict = {}
-        self.day_book_counts: dict[int, Counter] = {}  # local day -> item_id -> READ+DOWNLOAD+EMAIL count
+        self.day_book_counts = DayCounts()  # local day -> item_id -> READ+DOWNLOAD+EMAIL count
+        self.window_sums = WindowSums(self.day_book_counts)
         self.day_sessions: dict[int, list] = {}  # local day of session start -> [sum seconds, count]
         self.titles: dict = {}
         self.open_sessions: dict = {}  # user key -> [start, last, events]
         self.pending_searches: dict = {}  # user key -> [search ts, ...]
         self.recent_searches: deque = deque(maxlen=max(config.recent_searches, 1))
-        self._window_cache: dict = {}  # window -> Counter over the window's past days (before _cache_today)
-        self._cache_today = 0
         self._max_ts = 0.0
 
     # -- folding -----------------------------------------------------------------------------------------
@@ -171,12 +173,10 @@ class ActivityFolder:
         day_of = {q: self.clock.day(q * 900) for q, _ in quarter_items}
         for (quarter, item), n in quarter_items.items():
             day = day_of[quarter]
-            counts = self.day_book_counts.get(day)
-            if counts is None:
-                counts = self.day_book_counts[day] = Counter()
-            counts[item] += n
-            if day < self._cache_today:
-                self._window_cache.clear()  # a late event changed a past day some window has summed
+            self.day_book_counts.add(day, item, n)
+            self.window_sums.late(day, item, n)  # counts only where a window already summed that day
+        if day_of:
+            self.day_book_counts.freeze_before(max(day_of.values()) - 1)  # rows come roughly in time order
         book_read = self.book_last_read
         for i in content:
             item = items[i]
@@ -265,10 +265,12 @@ class ActivityFolder:
             pending[:] = [t for t in pending if now - t <= window]
             if not pending:
                 del self.pending_searches[key]
-        oldest_day = self.clock.day(now) - int(max(self.windows) // DAY) - 1
-        for days in (self.day_book_counts, self.day_sessions):
-            for day in [d for d in days if d < oldest_day]:
-                del days[day]
+        today = self.clock.day(now)
+        oldest_day = today - int(max(self.windows) // DAY) - 1
+        self.day_book_counts.freeze_before(today)
+        self.day_book_counts.drop_before(oldest_day)
+        for day in [d for d in self.day_sessions if d < oldest_day]:
+            del self.day_sessions[day]
 
     # -- windows -----------------------------------------------------------------------------------------
 
@@ -278,19 +280,11 @@ class ActivityFolder:
 
     def top_books(self, now: float, window: float) -> list[tuple]:
         today, first = self._window_days(now, window)
-        if today != self._cache_today:
-            self._window_cache.clear()
-            self._cache_today = today
-        past = self._window_cache.get(window)
-        if past is None:
-            past = Counter()
-            for day, counts in self.day_book_counts.items():
-                if first <= day < today:
-                    past.update(counts)
-            self._window_cache[window] = past
-        total = past.copy()
-        total.update(self.day_book_counts.get(today, {}))
-        top = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[: self.config.top_books]
+        past = self.window_sums.past(today, today - first + 1)
+        current = dict(self.day_book_counts.items(today))
+        totals = ((item, n + current.get(item, 0)) for item, n in past.items())
+        extra = ((item, n) for item, n in current.items() if item not in past)
+        top = heapq.nsmallest(self.config.top_books, chain(totals, extra), key=lambda kv: (-kv[1], kv[0]))
         return [(item, clean(self.titles.get(item, "")), count) for item, count in top]
 
     def average_session(self, now: float, window: float) -> float:
@@ -409,7 +403,7 @@ class ActivityFolder:
             "session_count": self.session_count,
             "user_last_seen": [[k, t] for k, t in self.user_last_seen.items()],
             "book_last_read": [[k, t] for k, t in self.book_last_read.items()],
-            "day_book_counts": {str(d): [[i, n] for i, n in c.items()] for d, c in self.day_book_counts.items()},
+            "day_book_counts": self.day_book_counts.state(),
             "day_sessions": {str(d): v for d, v in self.day_sessions.items()},
             "titles": [[k, t] for k, t in self.titles.items()],
             "open_sessions": [[k, s] for k, s in self.open_sessions.items()],
@@ -434,7 +428,8 @@ class ActivityFolder:
         self.session_count = s["session_count"]
         self.user_last_seen = {k: t for k, t in s["user_last_seen"]}
         self.book_last_read = {k: t for k, t in s["book_last_read"]}
-        self.day_book_counts = {int(d): Counter({i: n for i, n in c}) for d, c in s["day_book_counts"].items()}
+        self.day_book_counts.load_state(s["day_book_counts"])
+        self.window_sums = WindowSums(self.day_book_counts)
         self.day_sessions = {int(d): list(v) for d, v in s["day_sessions"].items()}
         self.titles = {k: t for k, t in s["titles"]}
         self.open_sessions = {k: list(v) for k, v in s["open_sessions"]}
@@ -445,4 +440,3 @@ class ActivityFolder:
         for cap, name in ((self.event_types, "event_type"), (self.formats, "format"), (self.sources, "source"),
                           (self.devices, "device"), (self.shelves, "shelf")):
             cap.admitted = set(labels[name])
-        self._window_cache = {}
