@@ -72,13 +72,6 @@ class UserLabels:
         return label
 
 
-def user_key(event: Event):
-    """Identity of a user for distinct counts and sessions: the id when known, else the name."""
-    if event.user_id is not None:
-        return event.user_id
-    return event.user_name or None
-
-
 class ActivityFolder:
     """Folds ``cwa_user_activity`` events into the User Activity metrics of METRICS.md."""
 
@@ -138,7 +131,7 @@ class ActivityFolder:
             self.device_events[self.devices(clean(device).lower() if device else "unknown")] += n
         self._max_ts = max(self._max_ts, max(ts_col))
 
-        keys = [uid if uid is not None else (name or None) for uid, name in zip(batch.user_ids, batch.user_names)]
+        keys = batch.user_keys()
         last_seen, seen_get = self.user_last_seen, self.user_last_seen.get
         sessions, session_get = self.open_sessions, self.open_sessions.get
         gap = self.config.session_gap
@@ -169,13 +162,12 @@ class ActivityFolder:
         raw_sources = Counter([extras[i].get("source") for i in content if types[i] != "EMAIL"])
         for source, n in raw_sources.items():
             self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
-        quarter_items = Counter([(int(ts_col[i]) // 900, items[i]) for i in content if items[i] is not None])
-        day_of = {q: self.clock.day(q * 900) for q, _ in quarter_items}
-        for (quarter, item), n in quarter_items.items():
-            day = day_of[quarter]
-            self.day_book_counts.add(day, item, n)
-            self.window_sums.late(day, item, n)  # counts only where a window already summed that day
-        if day_of:
+        quarter_items = [(int(ts_col[i]) // 900, items[i]) for i in content if items[i] is not None]
+        if quarter_items:
+            day_of = {q: self.clock.day(q * 900) for q in {q for q, _ in quarter_items}}
+            day_items = Counter([(day_of[q], item) for q, item in quarter_items])
+            self.day_book_counts.add_many(day_items)
+            self.window_sums.late_many(day_items)  # counts only where a window already summed that day
             self.day_book_counts.freeze_before(max(day_of.values()) - 1)  # rows come roughly in time order
         book_read = self.book_last_read
         for i in content:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from operator import itemgetter
 from datetime import date, datetime, time as dtime
 from zoneinfo import ZoneInfo
 
@@ -38,17 +39,11 @@ from exporter.aggregate.daycounts import FrozenCounts
 from exporter.aggregate.timebuckets import LocalTime
 from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event
 
+_first = itemgetter(0)
 LOGIN_TYPES = frozenset({"LOGIN", "LOGOUT", "LOGIN_FAILED"})
 SLOTS = 48
 TOP_CONTENT_DEFAULT = 10
 STATE_VERSION = 1
-
-
-def user_key(event: Event):
-    """The identity used for distinct users and sessions: the id when known, else the name, else None."""
-    if event.user_id is not None:
-        return event.user_id
-    return ("n:" + event.user_name) if event.user_name else None
 
 
 def status_is_5xx(status) -> bool:
@@ -198,17 +193,14 @@ class DailyFolder:
         if not len(batch):
             return
         ts_col, types, items, titles, extras = batch.ts, batch.event_types, batch.item_ids, batch.item_titles, batch.extras
-        keys = [uid if uid is not None else (("n:" + name) if name else None)
-                for uid, name in zip(batch.user_ids, batch.user_names)]
+        keys = batch.user_keys()
         minutes = [int(t // 60) for t in ts_col]
-        place = self.bounds.places(minutes)
+        places = list(map(self.bounds.places(minutes).__getitem__, minutes))  # (report day, slot) per row
+        ordinals = list(map(_first, places))
         with self._lock:
-            oldest = self._oldest_kept
-            rows = [i for i, m in enumerate(minutes) if place[m][0] >= oldest]
-            ordinals = {i: place[minutes[i]][0] for i in rows}
-            days = self._days
-            for ordinal in set(ordinals.values()):
-                if ordinal not in days:
+            days, oldest = self._days, self._oldest_kept
+            for ordinal in set(ordinals):
+                if ordinal >= oldest and ordinal not in days:
                     days[ordinal] = _Day()
             sessions, gap, close = self._open, self.gap, self._close
             for key, ts in zip(keys, ts_col):  # after the days exist: a session may start and end here
@@ -226,32 +218,38 @@ class DailyFolder:
                     elif ts < s[0]:
                         s[0] = ts  # a late row inside the session's reach
                     s[2] += 1
-            for (ordinal, slot), n in Counter([place[minutes[i]] for i in rows]).items():
+            if min(ordinals) < oldest:  # rows for days past retention count nowhere
+                kept = [i for i, o in enumerate(ordinals) if o >= oldest]
+                if not kept:
+                    return
+                places, ordinals, keys, types, items, titles, extras = (
+                    [col[i] for i in kept] for col in (places, ordinals, keys, types, items, titles, extras))
+            for (ordinal, slot), n in Counter(places).items():
                 day = days[ordinal]
                 day.events += n
                 day.slots[slot] += n
-            for ordinal, key, etype in {(ordinals[i], keys[i], types[i]) for i in rows if keys[i] is not None}:
-                day = days[ordinal]
-                day.users.add(key)
-                if etype not in LOGIN_TYPES:
-                    day.active.add(key)
-            content = [i for i in rows if types[i] in CONTENT_EVENT_TYPES]
-            for ordinal, n in Counter([ordinals[i] for i in content]).items():
+            for ordinal, key, etype in set(zip(ordinals, keys, types)):
+                if key is not None:
+                    day = days[ordinal]
+                    day.users.add(key)
+                    if etype not in LOGIN_TYPES:
+                        day.active.add(key)
+            content = [(o, item, title) for o, etype, item, title in zip(ordinals, types, items, titles)
+                       if etype in CONTENT_EVENT_TYPES]
+            for ordinal, n in Counter(map(_first, content)).items():
                 days[ordinal].content_views += n
-            for (ordinal, item), n in Counter([(ordinals[i], items[i]) for i in content if items[i] is not None]).items():
+            for (ordinal, item), n in Counter([(o, item) for o, item, _ in content if item is not None]).items():
                 day = days[ordinal]
                 if type(day.items) is FrozenCounts:  # a late event for a finished day
                     day.items = day.items.thaw()
                 day.items[item] += n
-            self._titles.update((items[i], titles[i][:200]) for i in content if items[i] is not None and titles[i])
-            if ordinals:
-                self._freeze_before(max(ordinals.values()) - 1)  # rows come roughly in time order
-            for i in rows:
-                etype = types[i]
+            self._titles.update((item, title[:200]) for _, item, title in content if item is not None and title)
+            self._freeze_before(max(ordinals) - 1)  # rows come roughly in time order
+            for ordinal, etype, extra in zip(ordinals, types, extras):
                 if etype == "LOGIN_FAILED":
-                    days[ordinals[i]].failed_logins += 1
-                elif etype in API_EVENT_TYPES and status_is_5xx(extras[i].get("status")):
-                    days[ordinals[i]].api_5xx += 1
+                    days[ordinal].failed_logins += 1
+                elif etype in API_EVENT_TYPES and status_is_5xx(extra.get("status")):
+                    days[ordinal].api_5xx += 1
 
     def _close(self, s) -> None:
         if s[2] < 2:

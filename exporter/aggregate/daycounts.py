@@ -23,6 +23,16 @@ class DayCounts:
             counts = self.live[day] = frozen.thaw() if frozen is not None else Counter()
         counts[item] += n
 
+    def add_many(self, counts: Counter) -> None:
+        """Add {(day, item): n}."""
+        live = self.live
+        for (day, item), n in counts.items():
+            day_counts = live.get(day)
+            if day_counts is None:
+                self.add(day, item, n)
+            else:
+                day_counts[item] += n
+
     def items(self, day: int):
         """(item, count) pairs of one day."""
         counts = self.live.get(day) or self.frozen.get(day)
@@ -75,6 +85,14 @@ class WindowSums:
         for days, total in self.sums.items():
             if day >= self.today - days + 1:
                 total[item] += n
+
+    def late_many(self, counts: Counter) -> None:
+        """``late`` for {(day, item): n}; nothing to do for today's events (the usual case)."""
+        if self.today is None or not self.sums:
+            return
+        for (day, item), n in counts.items():
+            if day < self.today:
+                self.late(day, item, n)
 
     def _move_to(self, today: int) -> None:
         if self.today is None or today < self.today or today - self.today > 31:

@@ -163,7 +163,7 @@ class Batch:
     """A chunk of parsed rows as columns: aggregators count whole columns at C speed (``Counter(zip(...))``)
     instead of handling one ``Event`` at a time. ``extras`` dicts may be shared between rows: read-only."""
 
-    __slots__ = ("ids", "ts", "user_ids", "user_names", "event_types", "item_ids", "item_titles", "extras")
+    __slots__ = ("ids", "ts", "user_ids", "user_names", "event_types", "item_ids", "item_titles", "extras", "_keys")
 
     def __init__(self, ids, ts, user_ids, user_names, event_types, item_ids, item_titles, extras):
         self.ids = ids
@@ -174,9 +174,18 @@ class Batch:
         self.item_ids = item_ids
         self.item_titles = item_titles
         self.extras = extras
+        self._keys = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def user_keys(self) -> list:
+        """Who did each row, for distinct counts and sessions: the user id, else ``"n:" + name``, else None
+        (the prefix keeps user 5 and a user named "5" apart). Computed once, shared by the aggregators."""
+        if self._keys is None:
+            self._keys = [uid if uid is not None else (("n:" + name) if name else None)
+                          for uid, name in zip(self.user_ids, self.user_names)]
+        return self._keys
 
     def events(self):
         """The rows as ``Event`` objects, for aggregators that fold one event at a time."""
