@@ -15,6 +15,7 @@ import tempfile
 from exporter import __version__
 from exporter import config as config_mod
 from exporter.config import ConfigError
+from exporter.ops_cli import add_commands
 
 log = logging.getLogger("exporter")
 
@@ -38,7 +39,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="activity-exporter", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="activity-exporter",
+        description="Usage analytics for Flask apps (Calibre-Web, CWA) as a Prometheus exporter.")
     parser.add_argument("--version", action="version", version=f"activity-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -59,15 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check)
     check.set_defaults(handler=cmd_check_config)
 
-    try:
-        from exporter.ops_cli import add_commands
-    except ImportError:  # pragma: no cover - during development only
-        add_commands = None
-    if add_commands is not None:
-        before = set(sub.choices)
-        add_commands(sub)
-        for name in set(sub.choices) - before:
-            _common(sub.choices[name])
+    before = set(sub.choices)
+    add_commands(sub)  # report, backfill, prune, anonymize
+    for name in set(sub.choices) - before:
+        _common(sub.choices[name])
     return parser
 
 

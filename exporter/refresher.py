@@ -22,6 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exporter import __version__, db, state
 from exporter.aggregate.activity import ActivityFolder
+from exporter.aggregate.api import ApiFolder
+from exporter.aggregate.daily import DailyFolder
+from exporter.aggregate.history import HistorySource
+from exporter.aggregate.library import LibrarySource
 from exporter.aggregate.cursor import IdCursor, grace_for
 from exporter.aggregate.events import EVENT_COLUMNS, TABLE, BatchParser
 from exporter.aggregate.health import Health
@@ -45,33 +49,15 @@ class Snapshot:
     error: str | None = None
 
 
-def _optional_parts(config: Config, health: Health, engine):
-    """Folders and sources from the other aggregate modules (API, daily reports, history, library)."""
-    folders, sources = [], []
-    try:
-        from exporter.aggregate.api import ApiFolder
-        folders.append(ApiFolder(config, health))
-    except ImportError:  # pragma: no cover - during development only
-        log.debug("API metrics not available")
-    daily = None
-    if config.enable_daily_reports:
-        try:
-            from exporter.aggregate.daily import DailyFolder
-            daily = DailyFolder(config, health)
-            folders.append(daily)
-        except ImportError:  # pragma: no cover
-            log.debug("daily reports not available")
-    try:
-        from exporter.aggregate.history import HistorySource
-        sources.append(HistorySource(config, health, engine))
-    except ImportError:  # pragma: no cover
-        log.debug("history metrics not available")
+def _other_parts(config: Config, health: Health, engine):
+    """Folders and sources besides user activity: API, daily reports, CWA history, the Calibre library."""
+    folders = [ApiFolder(config, health)]
+    daily = DailyFolder(config, health) if config.enable_daily_reports else None
+    if daily is not None:
+        folders.append(daily)
+    sources = [HistorySource(config, health, engine)]
     if config.calibre_library:
-        try:
-            from exporter.aggregate.library import LibrarySource
-            sources.append(LibrarySource(config, health))
-        except ImportError:  # pragma: no cover
-            log.debug("library metrics not available")
+        sources.append(LibrarySource(config, health))
     return folders, sources, daily
 
 
@@ -106,7 +92,7 @@ class Refresher:
         self.health = Health()
         self.parser = BatchParser(self.health)
         self.activity = ActivityFolder(self.config, self.health)
-        extra_folders, self.sources, self.daily = _optional_parts(self.config, self.health, self.engine)
+        extra_folders, self.sources, self.daily = _other_parts(self.config, self.health, self.engine)
         self.folders = [self.activity, *extra_folders]
         self.cursor = IdCursor(grace_for(self.engine))
 
