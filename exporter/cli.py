@@ -130,8 +130,7 @@ def cmd_serve(args, config) -> int:
         raise ConfigError("metrics_auth", "needs basic_auth_users in web_config")
     ssl_adapter = webauth.ssl_adapter(web_config)
     refresher = Refresher(config)
-    refresher.refresh()
-    refresher.start()
+    refresher.start()  # the first refresh runs in the background: a long cold ingest must not delay serving
     live = None
     if getattr(args, "demo", False):
         from exporter import demo

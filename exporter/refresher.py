@@ -87,6 +87,7 @@ class Refresher:
         self._last_checkpoint = 0.0
         self.snapshot = Snapshot()
         self._restore()
+        self._publish(0.0)  # until the first refresh ends, /metrics shows the exporter's own state
 
     def _build_aggregates(self) -> None:
         self.health = Health()

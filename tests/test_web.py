@@ -137,3 +137,19 @@ def test_example_config_is_in_sync_with_the_spec():
 
     with open(os.path.join(ROOT, "config.example.yml"), encoding="utf-8") as f:
         assert f.read().strip() == example_yaml().strip(), "regenerate: python -c 'from exporter.config import example_yaml; print(example_yaml())' > config.example.yml"
+
+
+def test_serves_while_the_first_refresh_runs(tmp_path):
+    """A cold ingest of a big history runs in the background: the port answers at once, /healthz says why it
+    is not ready yet, and /metrics already carries the exporter's own metrics."""
+    from benchmarks.gen import generate
+
+    path = str(tmp_path / "big.db")
+    generate(path, 400_000)
+    with exporter("--activity-db", path, env=FAST) as (base, _):
+        status, _, body = get(base + "/healthz")
+        assert status == 503 and b"no successful refresh yet" in body
+        values = metric_values(base)
+        assert by_label(values, "activity_exporter_build_info", "version")
+        wait_until(lambda: get(base + "/healthz")[0] == 200, timeout=120)
+        assert ingested(base) == 400_000
