@@ -46,6 +46,7 @@ class Snapshot:
     created: float = 0.0
     last_success: float | None = None
     database_up: dict = field(default_factory=dict)
+    drops: dict = field(default_factory=dict)
     error: str | None = None
 
 
@@ -321,6 +322,7 @@ class Refresher:
             created=now,
             last_success=self.last_success,
             database_up=dict(self.database_up),
+            drops=dict(self.drops),
             error=self.last_error,
         )
 
@@ -344,20 +346,20 @@ class Refresher:
         self.engine.dispose()
 
     def status(self) -> dict:
-        """Facts for /api/status and the index page."""
+        """Facts for /api/status (a web thread: read only what is copied under a lock or swapped whole)."""
+        health = self.health.state()
         return {
             "version": __version__,
             "cursor": self.cursor.safe,
-            "open_id_gaps": len(self.cursor.gaps),
             "last_refresh": self.snapshot.created or None,
             "last_success": self.last_success,
             "last_refresh_duration_seconds": round(self.last_duration, 6),
             "last_error": self.last_error,
-            "database_up": dict(self.database_up),
-            "rows_ingested": dict(self.health.ingested_rows),
-            "malformed_rows": {f"{t}:{r}": n for (t, r), n in self.health.malformed_rows.items()},
-            "refresh_errors": dict(self.health.refresh_errors),
-            "events_dropped": dict(self.drops),
+            "database_up": dict(self.snapshot.database_up),
+            "rows_ingested": health["ingested"],
+            "malformed_rows": {f"{t}:{r}": n for t, r, n in health["malformed"]},
+            "refresh_errors": health["refresh_errors"],
+            "events_dropped": dict(self.snapshot.drops),
         }
 
 
