@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import Counter
-from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -29,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 from ..endpoints import categorize, normalize_endpoint
 from .events import API_EVENT_TYPES, TABLE, Batch
 from .labels import OTHER, LabelCap, clean
+from .timebuckets import LocalTime
 
 #: Seconds; suited to web requests from a few ms (OPDS feed from cache) to slow Kobo syncs.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -87,12 +87,11 @@ class ApiFolder:
         self.categories = frozenset(r["category"] for r in self.rules) | {WEB_UI}
         self.extra_patterns = tuple(config.endpoint_normalization)
         self.endpoint_cap = LabelCap(config.endpoint_cap)
-        self.zone = config.zone()
+        self.clock = LocalTime(config.timezone)
         self.requests: Counter = Counter()  # (category, endpoint, method, status)
         self.by_hour: Counter = Counter()  # (weekday, hour)
         self.histograms: dict[str, list] = {}  # category -> [bucket counts (non-cumulative) ..., +Inf, sum]
         self._endpoint_cache: dict[str, str] = {}
-        self._hour_cache: dict[int, tuple[str, str]] = {}
 
     def _endpoint(self, raw) -> str:
         if raw is None or raw == "":
@@ -105,17 +104,6 @@ class ApiFolder:
                 self._endpoint_cache.clear()
             self._endpoint_cache[raw] = pattern
         return pattern
-
-    def _weekday_hour(self, ts: float) -> tuple[str, str]:
-        key = int(ts // 900)  # every zone offset is a multiple of 15 minutes
-        hit = self._hour_cache.get(key)
-        if hit is None:
-            dt = datetime.fromtimestamp(key * 900, self.zone)
-            hit = (str((dt.weekday() + 1) % 7), str(dt.hour))
-            if len(self._hour_cache) >= _CACHE_LIMIT:
-                self._hour_cache.clear()
-            self._hour_cache[key] = hit
-        return hit
 
     def fold(self, event) -> None:
         self.fold_batch(Batch([event.id], [event.ts], [event.user_id], [event.user_name], [event.event_type],
@@ -132,8 +120,9 @@ class ApiFolder:
         by_id = {id(extras[i]): extras[i] for i in rows}
         for (event_type, extra_id), n in groups.items():
             self._fold_group(event_type, by_id[extra_id], n)
-        for quarter, n in Counter([int(ts[i]) // 900 for i in rows]).items():
-            self.by_hour[self._weekday_hour(quarter * 900)] += n
+        for quarter, n in Counter([int(ts[i]) // 900 for i in rows]).items():  # offsets are whole quarters
+            weekday, hour = self.clock.weekday_hour(quarter * 900)
+            self.by_hour[(str(weekday), str(hour))] += n
 
     def _fold_group(self, event_type: str, extra: dict, n: int) -> None:
         raw_endpoint = extra.get("endpoint") or extra.get("path")

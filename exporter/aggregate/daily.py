@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily
 
+from exporter.aggregate.api import status_label
 from exporter.aggregate.daycounts import FrozenCounts
 from exporter.aggregate.timebuckets import LocalTime
 from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event
@@ -46,14 +47,10 @@ TOP_CONTENT_DEFAULT = 10
 STATE_VERSION = 1
 
 
-def status_is_5xx(status) -> bool:
-    if status is None or isinstance(status, bool):
-        return False
-    try:
-        code = int(str(status).strip()[:3]) if not isinstance(status, int) else status
-    except ValueError:
-        return False
-    return 500 <= code <= 599
+def status_is_5xx(extra: dict) -> bool:
+    """Read the status as the API metrics do (``status`` or seed 002's ``status_code``), so a report's
+    ``api_5xx`` and the dashboards' 5xx ratio count the same requests."""
+    return status_label(extra.get("status", extra.get("status_code")))[0] == "5"
 
 
 class DayBoundaries:
@@ -248,7 +245,7 @@ class DailyFolder:
             for ordinal, etype, extra in zip(ordinals, types, extras):
                 if etype == "LOGIN_FAILED":
                     days[ordinal].failed_logins += 1
-                elif etype in API_EVENT_TYPES and status_is_5xx(extra.get("status")):
+                elif etype in API_EVENT_TYPES and status_is_5xx(extra):
                     days[ordinal].api_5xx += 1
 
     def _close(self, s) -> None:
