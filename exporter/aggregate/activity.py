@@ -96,7 +96,6 @@ class ActivityFolder:
         self.search_successes = 0
         self.session_buckets = [0] * len(SESSION_BUCKETS)
         self.session_sum = 0.0
-        self.session_count = 0
         # window state
         self.user_last_seen: dict = {}
         self.book_last_read: dict = {}
@@ -107,7 +106,6 @@ class ActivityFolder:
         self.open_sessions: dict = {}  # user key -> [start, last, events]
         self.pending_searches: dict = {}  # user key -> [search ts, ...]
         self.recent_searches: deque = deque(maxlen=max(config.recent_searches, 1))
-        self._max_ts = 0.0
 
     # -- folding -----------------------------------------------------------------------------------------
 
@@ -129,7 +127,6 @@ class ActivityFolder:
             self.by_hour[self.clock.weekday_hour(quarter * 900)] += n
         for device, n in Counter([e.get("device_type") for e in extras]).items():
             self.device_events[self.devices(clean(device).lower() if device else "unknown")] += n
-        self._max_ts = max(self._max_ts, max(ts_col))
 
         keys = batch.user_keys()
         last_seen, seen_get = self.user_last_seen, self.user_last_seen.get
@@ -214,7 +211,6 @@ class ActivityFolder:
             return
         duration = last - start
         self.session_sum += duration
-        self.session_count += 1
         for i, bound in enumerate(SESSION_BUCKETS):
             if duration <= bound:
                 self.session_buckets[i] += 1
@@ -392,7 +388,6 @@ class ActivityFolder:
             "search_successes": self.search_successes,
             "session_buckets": self.session_buckets,
             "session_sum": self.session_sum,
-            "session_count": self.session_count,
             "user_last_seen": [[k, t] for k, t in self.user_last_seen.items()],
             "book_last_read": [[k, t] for k, t in self.book_last_read.items()],
             "day_book_counts": self.day_book_counts.state(),
@@ -417,7 +412,6 @@ class ActivityFolder:
         self.search_successes = s["search_successes"]
         self.session_buckets = list(s["session_buckets"])
         self.session_sum = s["session_sum"]
-        self.session_count = s["session_count"]
         self.user_last_seen = {k: t for k, t in s["user_last_seen"]}
         self.book_last_read = {k: t for k, t in s["book_last_read"]}
         self.day_book_counts.load_state(s["day_book_counts"])

@@ -88,16 +88,6 @@ def _as_int(value):
         return None
 
 
-def _text(value, health, reason_counted: list):
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    if len(text) > MAX_TEXT:
-        reason_counted.append("oversized_value")
-        text = text[:MAX_TEXT]
-    return text
-
-
 def parse_extra(raw, notes: list) -> dict:
     """``extra_data`` as a dict: JSON objects as they are, a legacy plain string as ``{"format": string}``."""
     if raw is None or raw == "":
@@ -131,32 +121,9 @@ def parse_extra(raw, notes: list) -> dict:
 
 
 def parse_row(row, health) -> Event | None:
-    """An ``Event`` from a row in ``EVENT_COLUMNS`` order, or None (counted in ``health``) if unusable."""
-    row_id, raw_ts, user_id, user_name, event_type, item_id, item_title, extra_data = row
-    ts = parse_timestamp(raw_ts)
-    if ts is None:
-        health.malformed(TABLE, "bad_timestamp")
-        return None
-    if not event_type:
-        health.malformed(TABLE, "missing_event_type")
-        return None
-    notes: list = []
-    event_type = _text(event_type, health, notes).strip().upper()
-    if event_type not in STANDARD_EVENT_TYPES:
-        notes.append("unknown_event_type")
-    event = Event(
-        id=row_id,
-        ts=ts,
-        user_id=_as_int(user_id),
-        user_name=_text(user_name, health, notes),
-        event_type=event_type,
-        item_id=_as_int(item_id),
-        item_title=_text(item_title, health, notes),
-        extra=parse_extra(extra_data, notes),
-    )
-    for reason in set(notes):
-        health.malformed(TABLE, reason)
-    return event
+    """An ``Event`` from one row in ``EVENT_COLUMNS`` order, or None (counted in ``health``) if unusable.
+    The same reading as ``BatchParser``, which does the work, so one row and a chunk are never read apart."""
+    return next(iter(BatchParser(health).parse([row]).events()), None)
 
 
 class Batch:
