@@ -104,3 +104,14 @@ def postgres_cluster(dbname: str = "activity"):
             with contextlib.suppress(Exception):
                 run(os.path.join(bindir, "pg_ctl"), "-D", datadir, "-m", "immediate", "-w", "stop")
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def drop_tables(url: str, *tables: str) -> None:
+    """Empty the shared cluster of the given tables, so a test starts from a store the recorder creates."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()

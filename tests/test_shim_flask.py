@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pytest
+
+import pg_server
 from blinker import Namespace
 from flask import Flask, abort, request
 from sqlalchemy import create_engine, text
@@ -163,11 +165,7 @@ def store_url(request, tmp_path):
 def fresh_store(store_url):
     """The store URL with an empty activity table (the PostgreSQL cluster is shared by the session)."""
     if "postgresql" in store_url:
-        engine = create_engine(store_url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS cwa_user_activity"))
-            conn.execute(text("DROP TABLE IF EXISTS activity_shim_drops"))
-        engine.dispose()
+        pg_server.drop_tables(store_url, "cwa_user_activity", "activity_shim_drops")
     return store_url
 
 

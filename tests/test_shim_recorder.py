@@ -11,6 +11,8 @@ import textwrap
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+import pg_server
 from sqlalchemy import create_engine, text
 
 from exporter.shim import ActivityRecorder
@@ -23,11 +25,7 @@ def url(request, tmp_path):
     if request.param == "sqlite":
         return str(tmp_path / "cwa.db")
     pg = request.getfixturevalue("pg_url")
-    engine = create_engine(pg)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS cwa_user_activity"))
-        conn.execute(text("DROP TABLE IF EXISTS activity_shim_drops"))
-    engine.dispose()
+    pg_server.drop_tables(pg, "cwa_user_activity", "activity_shim_drops")
     return pg
 
 
