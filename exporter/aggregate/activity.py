@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from exporter.aggregate.daycounts import DayCounts, WindowSums
 from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event
 from exporter.aggregate.labels import LabelCap, clean
+from exporter.aggregate.sessions import Sessions
 from exporter.aggregate.timebuckets import LocalTime
 from exporter.config import Config, format_duration
 
@@ -103,7 +104,7 @@ class ActivityFolder:
         self.window_sums = WindowSums(self.day_book_counts)
         self.day_sessions: dict[int, list] = {}  # local day of session start -> [sum seconds, count]
         self.titles: dict = {}
-        self.open_sessions: dict = {}  # user key -> [start, last, events]
+        self.sessions = Sessions(config.session_gap)
         self.pending_searches: dict = {}  # user key -> [search ts, ...]
         self.recent_searches: deque = deque(maxlen=max(config.recent_searches, 1))
 
@@ -129,24 +130,12 @@ class ActivityFolder:
             self.device_events[self.devices(clean(device).lower() if device else "unknown")] += n
 
         keys = batch.user_keys()
-        last_seen, seen_get = self.user_last_seen, self.user_last_seen.get
-        sessions, session_get = self.open_sessions, self.open_sessions.get
-        gap = self.config.session_gap
-        for key, ts in zip(keys, ts_col):
-            if key is None:
-                continue
-            if ts > seen_get(key, -1.0):
-                last_seen[key] = ts
-            session = session_get(key)
-            if session is None:
-                sessions[key] = [ts, ts, 1]
-            elif ts - session[1] > gap:
-                self._close_session(session)
-                sessions[key] = [ts, ts, 1]
-            else:
-                if ts > session[1]:
-                    session[1] = ts
-                session[2] += 1
+        for session in self.sessions.fold(keys, ts_col):
+            self._close_session(session)
+        last_seen, open_sessions = self.user_last_seen, self.sessions.open
+        for key in set(keys):
+            if key is not None and open_sessions[key][1] > last_seen.get(key, -1.0):
+                last_seen[key] = open_sessions[key][1]  # an open session ends at its user's latest event
 
         special = [i for i, t in enumerate(types) if t in _SPECIAL_TYPES]
         if not special:
@@ -243,11 +232,8 @@ class ActivityFolder:
 
     def advance(self, now: float) -> None:
         """Close sessions idle longer than the gap; drop state no window can see any more."""
-        gap = self.config.session_gap
-        for key, session in list(self.open_sessions.items()):
-            if now - session[1] > gap:
-                self._close_session(session)
-                del self.open_sessions[key]
+        for session in self.sessions.close_idle(now):
+            self._close_session(session)
         window = self.config.search_success_window
         for key, pending in list(self.pending_searches.items()):
             pending[:] = [t for t in pending if now - t <= window]
@@ -393,7 +379,7 @@ class ActivityFolder:
             "day_book_counts": self.day_book_counts.state(),
             "day_sessions": {str(d): v for d, v in self.day_sessions.items()},
             "titles": [[k, t] for k, t in self.titles.items()],
-            "open_sessions": [[k, s] for k, s in self.open_sessions.items()],
+            "open_sessions": self.sessions.state(),
             "pending_searches": [[k, p] for k, p in self.pending_searches.items()],
             "recent_searches": list(self.recent_searches),
             "labels": {
@@ -418,7 +404,7 @@ class ActivityFolder:
         self.window_sums = WindowSums(self.day_book_counts)
         self.day_sessions = {int(d): list(v) for d, v in s["day_sessions"].items()}
         self.titles = {k: t for k, t in s["titles"]}
-        self.open_sessions = {k: list(v) for k, v in s["open_sessions"]}
+        self.sessions.load_state(s["open_sessions"])
         self.pending_searches = {k: list(p) for k, p in s["pending_searches"]}
         self.recent_searches.extend(tuple(r) for r in s["recent_searches"])
         labels = s["labels"]

@@ -37,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from exporter.aggregate.api import status_label
 from exporter.aggregate.daycounts import FrozenCounts
+from exporter.aggregate.sessions import Sessions
 from exporter.aggregate.timebuckets import LocalTime
 from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event
 
@@ -166,12 +167,11 @@ class DailyFolder:
         self.config = config
         self.health = health
         self.bounds = DayBoundaries(config.timezone, config.report_start_time)
-        self.gap = float(config.session_gap)
         self.include_errors = bool(config.report_include_errors)
         self.retention_days = int(config.report_retention_days)
         self._days: dict[int, _Day] = {}
         self._titles: dict[int, str] = {}  # item id -> latest title, for items still in a kept day
-        self._open: dict = {}  # user key -> [start ts, last ts, events]
+        self.sessions = Sessions(config.session_gap)
         self._oldest_kept = 0  # ordinal; events of older days are ignored (already past retention)
         self._lock = threading.Lock()  # report() may run on a web thread while the refresher folds
 
@@ -186,7 +186,7 @@ class DailyFolder:
 
         Report days start on whole minutes and every zone offset is whole minutes, so the day and the
         half-hour slot are looked up once per distinct minute, and the per-day figures are counted with
-        ``Counter`` over (day, value) pairs. Only sessions, which depend on order, walk the rows."""
+        ``Counter`` over (day, value) pairs. Sessions are cut a chunk at a time too (``Sessions``)."""
         if not len(batch):
             return
         ts_col, types, items, titles, extras = batch.ts, batch.event_types, batch.item_ids, batch.item_titles, batch.extras
@@ -199,22 +199,8 @@ class DailyFolder:
             for ordinal in set(ordinals):
                 if ordinal >= oldest and ordinal not in days:
                     days[ordinal] = _Day()
-            sessions, gap, close = self._open, self.gap, self._close
-            for key, ts in zip(keys, ts_col):  # after the days exist: a session may start and end here
-                if key is None:
-                    continue
-                s = sessions.get(key)
-                if s is None:
-                    sessions[key] = [ts, ts, 1]
-                elif ts - s[1] > gap:
-                    close(s)
-                    sessions[key] = [ts, ts, 1]
-                else:
-                    if ts > s[1]:
-                        s[1] = ts
-                    elif ts < s[0]:
-                        s[0] = ts  # a late row inside the session's reach
-                    s[2] += 1
+            for session in self.sessions.fold(keys, ts_col):  # after the days exist: one may start here
+                self._close(session)
             if min(ordinals) < oldest:  # rows for days past retention count nowhere
                 kept = [i for i, o in enumerate(ordinals) if o >= oldest]
                 if not kept:
@@ -242,11 +228,11 @@ class DailyFolder:
                 day.items[item] += n
             self._titles.update((item, title[:200]) for _, item, title in content if item is not None and title)
             self._freeze_before(max(ordinals) - 1)  # rows come roughly in time order
-            for ordinal, etype, extra in zip(ordinals, types, extras):
-                if etype == "LOGIN_FAILED":
-                    days[ordinal].failed_logins += 1
-                elif etype in API_EVENT_TYPES and status_is_5xx(extra):
-                    days[ordinal].api_5xx += 1
+            for i in [i for i, etype in enumerate(types) if etype == "LOGIN_FAILED" or etype in API_EVENT_TYPES]:
+                if types[i] == "LOGIN_FAILED":
+                    days[ordinals[i]].failed_logins += 1
+                elif status_is_5xx(extras[i]):
+                    days[ordinals[i]].api_5xx += 1
 
     def _close(self, s) -> None:
         if s[2] < 2:
@@ -259,8 +245,8 @@ class DailyFolder:
     def advance(self, now: float) -> None:
         """Close sessions idle longer than ``session_gap``; drop days older than ``report_retention_days``."""
         with self._lock:
-            for key in [k for k, s in self._open.items() if now - s[1] > self.gap]:
-                self._close(self._open.pop(key))
+            for session in self.sessions.close_idle(now):
+                self._close(session)
             self._freeze_before(self.bounds.day_of(now))
             oldest = self.bounds.day_of(now) - self.retention_days
             if oldest > self._oldest_kept:
@@ -318,7 +304,7 @@ class DailyFolder:
                 "timezone": self.config.timezone,
                 "days": {str(o): d.state() for o, d in self._days.items()},
                 "titles": [[k, v] for k, v in self._titles.items()],
-                "open": [[k, s] for k, s in self._open.items()],
+                "open": self.sessions.state(),
                 "oldest_kept": self._oldest_kept,
             }
 
@@ -331,7 +317,7 @@ class DailyFolder:
         with self._lock:
             self._days = {int(o): _Day.from_state(d) for o, d in s.get("days", {}).items()}
             self._titles = {k: v for k, v in s.get("titles", [])}
-            self._open = {k: list(v) for k, v in s.get("open", [])}
+            self.sessions.load_state(s.get("open", []))
             self._oldest_kept = int(s.get("oldest_kept", 0))
 
     # -- reports ---------------------------------------------------------------------------------------
@@ -348,7 +334,7 @@ class DailyFolder:
             if d is None:
                 return None
             session_sum, session_n = d.session_sum, d.session_n
-            for s in self._open.values():
+            for s in self.sessions.open.values():
                 if s[2] >= 2 and self.bounds.day_of(s[0]) == ordinal:
                     session_sum += s[1] - s[0]
                     session_n += 1

@@ -1,0 +1,29 @@
+"""The session splitter shared by the user-activity and daily-report folders."""
+
+from exporter.aggregate.sessions import Sessions
+
+
+def test_gap_splits_sessions_per_user_across_chunks():
+    s = Sessions(gap=100)
+    assert s.fold([1, 2, 1], [0, 10, 50]) == []
+    assert s.fold([1, None, 2], [151, 160, 200]) == [[0, 50, 2], [10, 10, 1]]  # None rows belong to no one
+    assert s.open == {1: [151, 151, 1], 2: [200, 200, 1]}
+    assert s.close_idle(now=260) == [[151, 151, 1]]
+    assert list(s.open) == [2]
+
+
+def test_late_rows_join_within_reach_and_stand_alone_beyond_it():
+    s = Sessions(gap=100)
+    s.fold([1, 1], [1000, 1050])
+    assert s.fold([1], [950]) == []  # committed late, 50 s before the session's start: it began earlier
+    assert s.open[1] == [950, 1050, 3]
+    assert s.fold([1], [500]) == [[500, 500, 1]]  # far earlier: its neighbours were accounted already
+    assert s.open[1] == [950, 1050, 3]
+
+
+def test_state_round_trip():
+    s = Sessions(gap=60)
+    s.fold(["n:ann", 7], [5, 6])
+    restored = Sessions(gap=60)
+    restored.load_state(s.state())
+    assert restored.open == s.open
