@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import gzip
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -145,14 +146,18 @@ class Refresher:
     # -- refresh -----------------------------------------------------------------------------------------
 
     def _activity_query(self) -> str:
-        """Plain DB-API SQL for a chunk. SQLite converts timestamps itself (C speed, same reading as seed
-        000's SQL: CWA's format and ISO-8601 with ``T``, fractions, ``Z`` and offsets)."""
-        columns = ", ".join(EVENT_COLUMNS)
+        """Plain DB-API SQL for a chunk. SQLite converts timestamps itself, in the timestamp column's place
+        (C speed, the same reading as seed 000's SQL: CWA's format and ISO-8601 with ``T``, fractions, ``Z``
+        and offsets); text it cannot read comes back as it is, for the parser to try."""
         if self.engine.dialect.name == "sqlite":
+            whole = "unixepoch(timestamp)" if sqlite3.sqlite_version_info >= (3, 38) else \
+                "CAST(strftime('%s', timestamp) AS INTEGER)"
             epoch = ("CASE WHEN instr(timestamp, '.') THEN strftime('%s', timestamp) + strftime('%f', timestamp)"
-                     " - strftime('%S', timestamp) ELSE CAST(strftime('%s', timestamp) AS INTEGER) END")
-            return f"SELECT {columns}, {epoch} FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?"
-        return f"SELECT {columns} FROM {TABLE} WHERE id > %s ORDER BY id LIMIT %s"
+                     f" - strftime('%S', timestamp) ELSE {whole} END")
+            converted = f"CASE WHEN typeof(timestamp) = 'text' THEN coalesce({epoch}, timestamp) END"
+            columns = ", ".join(converted if c == "timestamp" else c for c in EVENT_COLUMNS)
+            return f"SELECT {columns} FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?"
+        return f"SELECT {', '.join(EVENT_COLUMNS)} FROM {TABLE} WHERE id > %s ORDER BY id LIMIT %s"
 
     def _read_activity(self) -> int:
         """Fold every row not yet seen, in id order, chunk by chunk. Returns the number of rows read."""

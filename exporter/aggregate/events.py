@@ -191,21 +191,17 @@ class BatchParser:
         return text, notes
 
     def parse(self, rows) -> Batch:
-        """Rows in ``EVENT_COLUMNS`` order, optionally followed by the timestamp as epoch seconds computed by
-        the database (NULL where it could not read it: those are parsed here). Returns columns of the usable
+        """Rows in ``EVENT_COLUMNS`` order; the timestamp may come as epoch seconds already (a number: the
+        database converted it) or as stored (text or datetime, parsed here). Returns columns of the usable
         rows; skipped and repaired rows are counted in ``health`` once per row and reason, like ``parse_row``.
         Work is done a column at a time; per-row Python runs only for values not seen before."""
         if not rows:
             return Batch([], [], [], [], [], [], [], [])
-        columns = list(zip(*rows))
-        ids, raw_ts, user_ids, user_names, raw_types, item_ids, item_titles, raw_extras = columns[:8]
-        if len(columns) > 8:
-            ts = list(columns[8])
-            if None in ts:
-                for i in [i for i, t in enumerate(ts) if t is None and raw_ts[i] is not None]:
-                    ts[i] = parse_timestamp(raw_ts[i])
+        ids, raw_ts, user_ids, user_names, raw_types, item_ids, item_titles, raw_extras = zip(*rows)
+        if set(map(type, raw_ts)) <= _NUMBER:
+            ts = list(raw_ts)
         else:
-            ts = list(map(parse_timestamp, raw_ts))
+            ts = [t if type(t) in _NUMBER else parse_timestamp(t) for t in raw_ts]
         kinds = list(map(self._types.get, raw_types))
         if None in kinds:
             for i in [i for i, k in enumerate(kinds) if k is None]:
@@ -271,4 +267,5 @@ def _texts(column) -> list:
 _first = itemgetter(0)
 _second = itemgetter(1)
 _INT_OR_NONE = {int, type(None)}
+_NUMBER = {int, float}
 _STR_OR_NONE = {str, type(None)}
