@@ -13,12 +13,13 @@ import hashlib
 import heapq
 from bisect import bisect_left
 from collections import Counter, deque
-from itertools import chain
+from itertools import chain, compress
+from operator import itemgetter, methodcaller
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from exporter.aggregate.daycounts import DayCounts, WindowSums
-from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event
+from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event, gather
 from exporter.aggregate.labels import LabelCap, clean
 from exporter.aggregate.sessions import Sessions
 from exporter.aggregate.timebuckets import LocalTime
@@ -28,6 +29,8 @@ SESSION_BUCKETS = (60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
 MAX_PENDING_SEARCHES_PER_USER = 100
 DAY = 86400
 _SPECIAL_TYPES = CONTENT_EVENT_TYPES | {"SEARCH", "SHELF_ADD", "SHELF_REMOVE"}
+_DEVICE, _FORMAT, _SOURCE = (methodcaller("get", key) for key in ("device_type", "format", "source"))
+_second = itemgetter(1)
 
 
 def _bucket_label(bound: float) -> str:
@@ -81,6 +84,7 @@ class ActivityFolder:
         self.clock = LocalTime(config.timezone)
         self.windows = list(config.windows)
         self.users = UserLabels(config.user_label, config.user_cap)
+        self._event_labels: dict = {}  # (event_type, user_id, user_name) -> events key (labels are fixed once given)
         cap = config.label_cap
         self.event_types = LabelCap(len(STANDARD_EVENT_TYPES) + cap, STANDARD_EVENT_TYPES)
         self.formats = LabelCap(cap)
@@ -115,18 +119,22 @@ class ActivityFolder:
                               [event.item_id], [event.item_title], [event.extra]))
 
     def fold_batch(self, batch: Batch) -> None:
-        """Fold a chunk of rows, in id order. Whole columns are counted with ``Counter`` (C speed); only the
-        order-dependent parts (sessions, search success, last-seen times) walk the rows one by one."""
+        """Fold a chunk of rows, in id order. Whole columns are counted with ``Counter`` (C speed), the rows a
+        metric needs are picked out with ``gather``; sessions walk the rows, search success the special ones."""
         if not len(batch):
             return
         ts_col, extras, types = batch.ts, batch.extras, batch.event_types
-        users = self.users.labels(batch.user_ids, batch.user_names)
-        for (etype, user), n in Counter(zip(types, users)).items():
-            self.events[(self.event_types(etype), user)] += n
-        quarters = Counter([int(t) // 900 for t in ts_col])  # zone offsets are whole quarter hours
-        for quarter, n in quarters.items():
+        users, labelled, events = self.users, self._event_labels, self.events
+        for raw, n in Counter(zip(types, batch.user_ids, batch.user_names)).items():
+            key = labelled.get(raw)
+            if key is None:
+                if len(labelled) > 100000:
+                    labelled.clear()
+                key = labelled[raw] = (self.event_types(raw[0]), users(raw[1], raw[2]))
+            events[key] += n
+        for quarter, n in batch.quarter_counts().items():
             self.by_hour[self.clock.weekday_hour(quarter * 900)] += n
-        for device, n in Counter([e.get("device_type") for e in extras]).items():
+        for device, n in Counter(map(_DEVICE, extras)).items():
             self.device_events[self.devices(clean(device).lower() if device else "unknown")] += n
 
         keys = batch.user_keys()
@@ -140,43 +148,52 @@ class ActivityFolder:
         special = [i for i, t in enumerate(types) if t in _SPECIAL_TYPES]
         if not special:
             return
-        items, titles = batch.item_ids, batch.item_titles
         content = [i for i in special if types[i] in CONTENT_EVENT_TYPES]
-        raw_formats = Counter([(types[i], extras[i].get("format"), users[i]) for i in content])
-        for (etype, fmt, user), n in raw_formats.items():
-            self.format_events[(etype, self._format(fmt), user)] += n
-        raw_sources = Counter([extras[i].get("source") for i in content if types[i] != "EMAIL"])
-        for source, n in raw_sources.items():
-            self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
-        quarter_items = [(int(ts_col[i]) // 900, items[i]) for i in content if items[i] is not None]
-        if quarter_items:
-            day_of = {q: self.clock.day(q * 900) for q in {q for q, _ in quarter_items}}
-            day_items = Counter([(day_of[q], item) for q, item in quarter_items])
-            self.day_book_counts.add_many(day_items)
-            self.window_sums.late_many(day_items)  # counts only where a window already summed that day
-            self.day_book_counts.freeze_before(max(day_of.values()) - 1)  # rows come roughly in time order
-        book_read = self.book_last_read
-        for i in content:
-            item = items[i]
-            if item is None:
-                continue
-            if types[i] == "READ" and ts_col[i] > book_read.get(item, -1.0):
-                book_read[item] = ts_col[i]
-            if titles[i]:
-                self.titles[item] = titles[i]
+        if content:
+            self._fold_content(batch, gather(content))
+        pending = self.pending_searches
         for i in special:
             etype = types[i]
-            key = keys[i]
             if etype == "SEARCH":
-                self._search(key, ts_col[i], extras[i], users[i])
+                self._search(keys[i], ts_col[i], extras[i], users(batch.user_ids[i], batch.user_names[i]))
             elif etype in CONTENT_EVENT_TYPES:
-                if key is not None and key in self.pending_searches:
-                    self._search_success(key, ts_col[i])
+                if pending and keys[i] in pending:
+                    self._search_success(keys[i], ts_col[i])
         shelf_rows = Counter([(extras[i].get("shelf") or extras[i].get("shelf_name"), types[i])
                               for i in special if types[i] in ("SHELF_ADD", "SHELF_REMOVE")])
         for (shelf, etype), n in shelf_rows.items():
             shelf = self.shelves(clean(shelf, 64) if shelf else "unknown")
             self.shelf_changes[(shelf, "add" if etype == "SHELF_ADD" else "remove")] += n
+
+    def _fold_content(self, batch: Batch, pick) -> None:
+        """Reads, downloads and sends: formats, discovery, books per day, books last read, titles."""
+        types, extras, items, ts = pick(batch.event_types), pick(batch.extras), pick(batch.item_ids), pick(batch.ts)
+        users = self.users.labels(pick(batch.user_ids), pick(batch.user_names))
+        for (etype, fmt, user), n in Counter(zip(types, map(_FORMAT, extras), users)).items():
+            self.format_events[(etype, self._format(fmt), user)] += n
+        for source, n in Counter(map(_SOURCE, compress(extras, map("EMAIL".__ne__, types)))).items():
+            self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
+
+        quarters = pick(batch.quarters())
+        day_of = {q: self.clock.day(q * 900) for q in set(quarters)}
+        days = list(map(day_of.__getitem__, quarters))
+        for day in set(days):
+            on_day = items if len(day_of) == 1 else list(compress(items, map(day.__eq__, days)))
+            on_day = [item for item in on_day if item is not None] if None in on_day else on_day
+            self.day_book_counts.add_items(day, on_day)
+            self.window_sums.late_items(day, on_day)  # counts only where a window already summed that day
+        self.day_book_counts.freeze_before(max(days) - 1)  # rows come roughly in time order
+
+        reads = list(map("READ".__eq__, types))
+        latest = dict(sorted(zip(compress(items, reads), compress(ts, reads)), key=_second))  # time order: last is latest
+        latest.pop(None, None)
+        book_read = self.book_last_read
+        for item, t in latest.items():
+            if t > book_read.get(item, -1.0):
+                book_read[item] = t
+        titled = dict(compress(zip(items, pick(batch.item_titles)), pick(batch.item_titles)))
+        titled.pop(None, None)
+        self.titles.update(titled)
 
     def _format(self, fmt) -> str:
         return self.formats(clean(fmt, 16).upper() if fmt else "UNKNOWN")
@@ -408,6 +425,8 @@ class ActivityFolder:
         self.pending_searches = {k: list(p) for k, p in s["pending_searches"]}
         self.recent_searches.extend(tuple(r) for r in s["recent_searches"])
         labels = s["labels"]
+        self._event_labels.clear()
+        self.users._cache.clear()
         self.users.cap.admitted = set(labels["user"])
         for cap, name in ((self.event_types, "event_type"), (self.formats, "format"), (self.sources, "source"),
                           (self.devices, "device"), (self.shelves, "shelf")):

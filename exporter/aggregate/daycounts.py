@@ -16,22 +16,13 @@ class DayCounts:
         self.live: dict[int, Counter] = {}
         self.frozen: dict[int, FrozenCounts] = {}
 
-    def add(self, day: int, item: int, n: int = 1) -> None:
+    def add_items(self, day: int, items) -> None:
+        """Count each item of ``items`` (an iterable, may repeat) once more on ``day``, at C speed."""
         counts = self.live.get(day)
         if counts is None:
             frozen = self.frozen.pop(day, None)
             counts = self.live[day] = frozen.thaw() if frozen is not None else Counter()
-        counts[item] += n
-
-    def add_many(self, counts: Counter) -> None:
-        """Add {(day, item): n}."""
-        live = self.live
-        for (day, item), n in counts.items():
-            day_counts = live.get(day)
-            if day_counts is None:
-                self.add(day, item, n)
-            else:
-                day_counts[item] += n
+        counts.update(items)
 
     def items(self, day: int):
         """(item, count) pairs of one day."""
@@ -78,21 +69,13 @@ class WindowSums:
             self.sums[days] = total
         return total
 
-    def late(self, day: int, item: int, n: int) -> None:
-        """Account an event that arrived for a past day."""
+    def late_items(self, day: int, items: list) -> None:
+        """Account events that arrived for a past day (today's events are summed when today becomes past)."""
         if self.today is None or day >= self.today:
             return
         for days, total in self.sums.items():
             if day >= self.today - days + 1:
-                total[item] += n
-
-    def late_many(self, counts: Counter) -> None:
-        """``late`` for {(day, item): n}; nothing to do for today's events (the usual case)."""
-        if self.today is None or not self.sums:
-            return
-        for (day, item), n in counts.items():
-            if day < self.today:
-                self.late(day, item, n)
+                total.update(items)
 
     def _move_to(self, today: int) -> None:
         if self.today is None or today < self.today or today - self.today > 31:
@@ -114,9 +97,8 @@ class FrozenCounts:
     __slots__ = ("keys", "values")
 
     def __init__(self, counter: Counter):
-        pairs = sorted(counter.items())
-        self.keys = array("q", [k for k, _ in pairs])
-        self.values = array("q", [v for _, v in pairs])
+        self.keys = array("q", counter.keys())
+        self.values = array("q", counter.values())
 
     def items(self):
         return zip(self.keys, self.values)
