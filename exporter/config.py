@@ -232,6 +232,7 @@ SPEC: list[Key] = [
     Key("state", None, _state_file, "File where cursor and aggregates are checkpointed, so a restart resumes; empty = none."),
     Key("checkpoint_interval", 60.0, _duration, "How often the state file is written (also on shutdown and after errors)."),
     Key("chunk_size", 10000, _int(100), "Rows read per query during a refresh (10,000 measured fastest and leanest)."),
+    Key("reader_process_min_rows", 50000, _int(0), "A backlog of this many rows or more (cold start, catching up) is read and parsed in a helper process while this one folds; 0 = never (SQLite only)."),
     Key("timezone", "UTC", _timezone, "Time zone for hour-of-day / weekday labels and daily reports."),
     Key("history_timezone", "local", _timezone, "Time zone of CWA's own history tables (cwa_import ...), which store local time."),
     Key("windows", [86400.0, 7 * 86400.0, 30 * 86400.0, 90 * 86400.0, 365 * 86400.0], _durations, "Windows of the distinct-count gauges."),
@@ -267,6 +268,7 @@ class Config:
     state: str | None
     checkpoint_interval: float
     chunk_size: int
+    reader_process_min_rows: int
     timezone: str
     history_timezone: str
     windows: list

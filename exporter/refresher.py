@@ -11,7 +11,6 @@ import contextlib
 import gc
 import gzip
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from exporter.aggregate.daily import DailyFolder
 from exporter.aggregate.history import HistorySource
 from exporter.aggregate.library import LibrarySource
 from exporter.aggregate.cursor import IdCursor, grace_for
-from exporter.aggregate.events import EVENT_COLUMNS, TABLE, BatchParser
+from exporter.aggregate.events import TABLE, BatchParser
+from exporter.activity_reader import HelperDatabaseError, HelperFailed, HelperReader, activity_query, backlog, chunks
 from exporter.aggregate.health import Health
 from exporter.config import Config
 
@@ -71,8 +71,10 @@ class Refresher:
         self.config = config
         self.clock = clock
         self.engine = db.reader_engine(config.activity_db)
+        self._query = activity_query(self.engine)
+        self._helper = HelperReader(config.activity_db, config.chunk_size)
         # raw DB-API cursors raise the driver's own errors, not SQLAlchemy's
-        self._db_errors = (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
+        self._db_errors = (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error, HelperDatabaseError)
         self._build_aggregates()
         self.database_up = {"activity": 0}
         if config.calibre_library:
@@ -146,52 +148,45 @@ class Refresher:
 
     # -- refresh -----------------------------------------------------------------------------------------
 
-    def _activity_query(self) -> str:
-        """Plain DB-API SQL for a chunk. SQLite converts timestamps itself, in the timestamp column's place
-        (C speed, the same reading as seed 000's SQL: CWA's format and ISO-8601 with ``T``, fractions, ``Z``
-        and offsets); text it cannot read comes back as it is, for the parser to try."""
-        if self.engine.dialect.name == "sqlite":
-            whole = "unixepoch(timestamp)" if sqlite3.sqlite_version_info >= (3, 38) else \
-                "CAST(strftime('%s', timestamp) AS INTEGER)"
-            epoch = ("CASE WHEN instr(timestamp, '.') THEN strftime('%s', timestamp) + strftime('%f', timestamp)"
-                     f" - strftime('%S', timestamp) ELSE {whole} END")
-            converted = f"CASE WHEN typeof(timestamp) = 'text' THEN coalesce({epoch}, timestamp) END"
-            columns = ", ".join(converted if c == "timestamp" else c for c in EVENT_COLUMNS)
-            return f"SELECT {columns} FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?"
-        return f"SELECT {', '.join(EVENT_COLUMNS)} FROM {TABLE} WHERE id > %s ORDER BY id LIMIT %s"
-
     def _read_activity(self) -> int:
-        """Fold every row not yet seen, in id order, chunk by chunk. Returns the number of rows read."""
-        cursor = self.cursor
-        total = 0
+        """Fold every row not yet seen, in id order, chunk by chunk. Returns the number of rows read.
+        A backlog of ``reader_process_min_rows`` or more is read and parsed by the helper process."""
+        cursor, minimum = self.cursor, self.config.reader_process_min_rows
         with self.engine.connect() as conn:
-            for rows in self._chunks(conn, cursor.safe):
-                if cursor.seen:  # ids above a gap were folded already: skip them
-                    rows = [row for row in rows if cursor.is_new(row[0])]
-                # without a grace period (SQLite) the cursor only needs the last id
-                cursor.mark_many([row[0] for row in rows] if cursor.grace > 0 else rows[-1:] and [rows[-1][0]])
-                self._fold(self.parser.parse(rows))
-                self.health.ingested(TABLE, len(rows))
-                total += len(rows)
-            conn.rollback()
+            use_helper = minimum > 0 and cursor.grace <= 0 and backlog(conn, cursor.safe) >= minimum
+            if not use_helper:
+                return self._read_here(conn)
+        try:
+            return self._read_with_helper()
+        except HelperFailed as e:
+            log.warning("%s; reading in this process", e)
+            self._helper.close()
+            with self.engine.connect() as conn:
+                return self._read_here(conn)
+
+    def _read_here(self, conn) -> int:
+        cursor, total = self.cursor, 0
+        for rows in chunks(conn, self._query, cursor.safe, self.config.chunk_size):
+            if cursor.seen:  # ids above a gap were folded already: skip them
+                rows = [row for row in rows if cursor.is_new(row[0])]
+            # without a grace period (SQLite) the cursor only needs the last id
+            cursor.mark_many([row[0] for row in rows] if cursor.grace > 0 else [rows[-1][0]] if rows else [])
+            self._fold(self.parser.parse(rows))
+            self.health.ingested(TABLE, len(rows))
+            total += len(rows)
+        conn.rollback()
         return total
 
-    def _chunks(self, conn, after: int):
-        """Chunks of rows with ``id > after`` in id order, as plain tuples (no Row object per row).
-        (Fetching the next chunk in a helper thread was measured: no faster, the GIL is the limit.)"""
-        query, limit = self._activity_query(), self.config.chunk_size
-        dbapi = conn.connection.driver_connection.cursor()
-        try:
-            while True:
-                dbapi.execute(query, (after, limit))
-                rows = dbapi.fetchall()
-                if rows:
-                    yield rows
-                if len(rows) < limit:
-                    break
-                after = rows[-1][0]
-        finally:
-            dbapi.close()
+    def _read_with_helper(self) -> int:
+        total = 0
+        for n, last_id, batch, malformed in self._helper.batches(self.cursor.safe):
+            self.cursor.mark_many([last_id])
+            self._fold(batch)
+            self.health.ingested(TABLE, n)
+            for (table, reason), count in malformed.items():
+                self.health.malformed(table, reason, count)
+            total += n
+        return total
 
     def _fold(self, batch) -> None:
         for folder in self.folders:
@@ -342,6 +337,7 @@ class Refresher:
             self._thread.join(timeout=60)
         with self._lock:
             self.checkpoint()
+        self._helper.close()
         self.engine.dispose()
 
     def status(self) -> dict:

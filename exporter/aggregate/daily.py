@@ -246,11 +246,11 @@ class DailyFolder:
             titled = dict(compress(zip(content_items, content_titles), content_titles))
             titled.pop(None, None)
             self._titles.update((item, title[:200]) for item, title in titled.items())
-        for i in [i for i, etype in enumerate(types) if etype == "LOGIN_FAILED" or etype in API_EVENT_TYPES]:
-            if types[i] == "LOGIN_FAILED":
-                day.failed_logins += 1
-            elif status_is_5xx(extras[i]):
-                day.api_5xx += 1
+        day.failed_logins += types.count("LOGIN_FAILED")
+        api_extras = list(compress(extras, map(API_EVENT_TYPES.__contains__, types)))
+        if api_extras:  # the parser shares one dict per distinct extra_data: judge each one once
+            by_id = dict(zip(map(id, api_extras), api_extras))
+            day.api_5xx += sum(n for key, n in Counter(map(id, api_extras)).items() if status_is_5xx(by_id[key]))
 
     def _close(self, s) -> None:
         if s[2] < 2:

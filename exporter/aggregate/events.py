@@ -150,6 +150,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def columns(self) -> tuple:
+        """The columns in ``Batch(...)`` argument order (to send a batch to another process)."""
+        return (self.ids, self.ts, self.user_ids, self.user_names, self.event_types, self.item_ids, self.item_titles,
+                self.extras)
+
     def user_keys(self) -> list:
         """Who did each row, for distinct counts and sessions: the user id, else ``"n:" + name``, else None
         (the prefix keeps user 5 and a user named "5" apart). Computed once, shared by the aggregators."""

@@ -1,0 +1,197 @@
+"""Reading new ``cwa_user_activity`` rows in id order, in this process or in a helper process.
+
+Reading and parsing a row costs about as much as folding it, and a refresh is one Python thread. For a big
+backlog (a cold start on years of history, catching up after downtime) ``HelperReader`` runs the reading and
+parsing in a second process, which works on the next chunk while this one folds the last: the two halves of
+the work run on two cores. Parsed chunks travel pickled (a fifth of the cost of parsing them: the parser
+shares one object per distinct name, type and ``extra_data``, which pickle sends once per chunk).
+
+Only where ids commit in order (SQLite): on PostgreSQL the refresher's gap-holding cursor decides row by row
+which ids are new, so rows are read in this process.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+
+from exporter import db
+from exporter.aggregate.events import EVENT_COLUMNS, TABLE, Batch, BatchParser
+from exporter.aggregate.health import Health
+
+log = logging.getLogger("exporter.reader")
+
+
+def activity_query(engine) -> str:
+    """Plain DB-API SQL for a chunk. SQLite converts timestamps itself, in the timestamp column's place
+    (C speed, the same reading as seed 000's SQL: CWA's format and ISO-8601 with ``T``, fractions, ``Z``
+    and offsets); text it cannot read comes back as it is, for the parser to try."""
+    if engine.dialect.name == "sqlite":
+        whole = "unixepoch(timestamp)" if sqlite3.sqlite_version_info >= (3, 38) else \
+            "CAST(strftime('%s', timestamp) AS INTEGER)"
+        epoch = ("CASE WHEN instr(timestamp, '.') THEN strftime('%s', timestamp) + strftime('%f', timestamp)"
+                 f" - strftime('%S', timestamp) ELSE {whole} END")
+        converted = f"CASE WHEN typeof(timestamp) = 'text' THEN coalesce({epoch}, timestamp) END"
+        columns = ", ".join(converted if c == "timestamp" else c for c in EVENT_COLUMNS)
+        return f"SELECT {columns} FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?"
+    return f"SELECT {', '.join(EVENT_COLUMNS)} FROM {TABLE} WHERE id > %s ORDER BY id LIMIT %s"
+
+
+def chunks(conn, query: str, after: int, limit: int):
+    """Chunks of rows with ``id > after`` in id order, as plain tuples (no Row object per row)."""
+    dbapi = conn.connection.driver_connection.cursor()
+    try:
+        while True:
+            dbapi.execute(query, (after, limit))
+            rows = dbapi.fetchall()
+            if rows:
+                yield rows
+            if len(rows) < limit:
+                break
+            after = rows[-1][0]
+    finally:
+        dbapi.close()
+
+
+def backlog(conn, after: int) -> int:
+    """How many ids lie above ``after`` (an upper bound on the rows to read; cheap: the highest rowid)."""
+    dbapi = conn.connection.driver_connection.cursor()
+    try:
+        dbapi.execute(f"SELECT max(id) FROM {TABLE}")
+        top = dbapi.fetchone()[0]
+    finally:
+        dbapi.close()
+    return max(0, (top or 0) - after)
+
+
+class HelperFailed(Exception):
+    """The helper process died or could not start: read in this process instead."""
+
+
+class HelperDatabaseError(Exception):
+    """The helper could not read the database (reported like any database error)."""
+
+
+class HelperReader:
+    """The parent's side of the helper process, started on first use and kept for later backlogs.
+
+    The helper is ``python -m exporter.activity_reader`` with pipes for stdin and stdout, not a
+    ``multiprocessing`` child: that would re-run the host's main script in the child when it lacks a
+    ``__main__`` guard. Messages are length-prefixed pickles; only this package's own process reads them."""
+
+    def __init__(self, activity_db: str, chunk_size: int):
+        self.activity_db = activity_db
+        self.chunk_size = chunk_size
+        self._process: subprocess.Popen | None = None
+
+    def batches(self, after: int):
+        """Yields ``(rows read, last id read, Batch, {(table, reason): n malformed})`` per chunk of rows with
+        ``id > after``. Raises ``HelperDatabaseError`` for database errors and ``HelperFailed`` when the helper
+        is gone; a consumer that stops early (an exception while folding) also ends the helper."""
+        finished = False
+        try:
+            self._start()
+            _send(self._process.stdin, ("read", after))
+            while True:
+                message = _receive(self._process.stdout)
+                if message[0] == "batch":
+                    _, n, last_id, columns, malformed = message
+                    yield n, last_id, Batch(*columns), malformed
+                elif message[0] == "done":
+                    finished = True
+                    return
+                else:
+                    finished = True  # the helper reported and waits for the next request
+                    raise HelperDatabaseError(message[1])
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+            raise HelperFailed(f"helper process lost: {e!r}") from e
+        finally:
+            if not finished:
+                self.close()
+
+    def _start(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            return
+        self.close()
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "exporter.activity_reader", self.activity_db, str(self.chunk_size)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        except OSError as e:
+            raise HelperFailed(f"cannot start the helper process: {e}") from e
+        log.info("reading the backlog in helper process %d", self._process.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        process.kill()
+        process.wait(timeout=5)
+
+
+def _send(stream, message) -> None:
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(8, "little") + data)
+    stream.flush()
+
+
+def _receive(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("helper closed its output")
+    size = int.from_bytes(header, "little")
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("helper output cut short")
+    return pickle.loads(data)
+
+
+def _serve(requests, replies, activity_db: str, chunk_size: int) -> None:
+    """The helper process: answers each ``("read", after)`` with parsed chunks, then ``("done",)``."""
+    gc.disable()  # only caches live here; nothing cyclic
+    engine = db.reader_engine(activity_db)
+    health = Health()
+    parser = BatchParser(health)
+    query = activity_query(engine)
+    while True:
+        try:
+            request = _receive(requests)
+        except EOFError:
+            return
+        if request[0] != "read":
+            return
+        try:
+            with engine.connect() as conn:
+                for rows in chunks(conn, query, request[1], chunk_size):
+                    batch = parser.parse(rows)
+                    malformed = dict(health.malformed_rows)
+                    health.malformed_rows.clear()
+                    _send(replies, ("batch", len(rows), rows[-1][0], batch.columns(), malformed))
+                conn.rollback()
+            _send(replies, ("done",))
+        except (BrokenPipeError, EOFError):
+            return
+        except Exception as e:  # the database failed: report it, stay ready for the next refresh
+            engine.dispose()
+            health.malformed_rows.clear()
+            _send(replies, ("error", str(getattr(e, "orig", None) or e).splitlines()[0][:200]))
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer, sys.stdout.buffer, sys.argv[1], int(sys.argv[2]))
