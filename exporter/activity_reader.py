@@ -24,7 +24,13 @@ from exporter import db
 from exporter.aggregate.events import EVENT_COLUMNS, TABLE, Batch, BatchParser
 from exporter.aggregate.health import Health
 
+try:
+    import fcntl
+except ImportError:  # not a Unix
+    fcntl = None
+
 log = logging.getLogger("exporter.reader")
+PIPE_BUFFER = 1 << 20  # Linux's default pipe-max-size; a parsed chunk of 10,000 rows pickles to about 300 KB
 
 
 def activity_query(engine) -> str:
@@ -100,8 +106,8 @@ class HelperReader:
             while True:
                 message = _receive(self._process.stdout)
                 if message[0] == "batch":
-                    _, n, last_id, columns, malformed = message
-                    yield n, last_id, Batch(*columns), malformed
+                    _, n, last_id, columns, counts, malformed = message
+                    yield n, last_id, Batch(*columns, counts=counts), malformed
                 elif message[0] == "done":
                     finished = True
                     return
@@ -126,6 +132,10 @@ class HelperReader:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         except OSError as e:
             raise HelperFailed(f"cannot start the helper process: {e}") from e
+        try:  # room for a few chunks, so the helper reads ahead instead of waiting for each one to be taken
+            fcntl.fcntl(self._process.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
+        except (AttributeError, OSError):
+            pass  # not Linux, or a lower pipe-max-size: the helper then stays one chunk ahead
         log.info("reading the backlog in helper process %d", self._process.pid)
 
     @property
@@ -182,7 +192,8 @@ def _serve(requests, replies, activity_db: str, chunk_size: int) -> None:
                     batch = parser.parse(rows)
                     malformed = dict(health.malformed_rows)
                     health.malformed_rows.clear()
-                    _send(replies, ("batch", len(rows), rows[-1][0], batch.columns(), malformed))
+                    counts = batch.count_all()  # here, so the folding process has less to do
+                    _send(replies, ("batch", len(rows), rows[-1][0], batch.columns(), counts, malformed))
                 conn.rollback()
             _send(replies, ("done",))
         except (BrokenPipeError, EOFError):

@@ -224,6 +224,11 @@ class Refresher:
                 self.health.refresh_error("activity")
                 errors.append(f"activity database: {_short(e)}")
                 self.engine.dispose()
+            except Exception as e:  # a bug while folding must not end the refresher thread
+                ok = False
+                self.health.refresh_error("fold")
+                errors.append(f"folding: {_short(e)}")
+                log.exception("folding activity rows failed")
             finally:
                 self.cursor.settle(now)
             for folder in self.folders:

@@ -206,3 +206,38 @@ def test_postgres_history_rows_out_of_order_counted_once(pg_url):
     formats = {fmt for (_, _, fmt) in source.imports}
     assert formats == {"EPUB", "PDF"}
     engine.dispose()
+
+
+def test_nested_json_values_are_dropped_not_fatal(tmp_path):
+    """``{"format": ["x"]}`` or ``{"device_type": {...}}``: label values must be plain, so such values are
+    dropped (counted as invalid_extra_data) and the row still counts."""
+    path = str(tmp_path / "odd.db")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(NOW - 100))
+    extras = [("READ", '{"format": ["x"], "device_type": {"a": 1}, "source": [1]}'),
+              ("OPDS_ACCESS", '{"endpoint": ["/x"], "method": {"a": 1}, "status": [500], "duration_ms": [1]}'),
+              ("SEARCH", '{"query": {"q": 1}}'), ("SHELF_ADD", '{"shelf": ["s"]}'),
+              ("READ", '{"format": "epub", "device_type": "mobile"}')]
+    write_rows(path, [dict(timestamp=stamp, user_id=1, user_name="a", event_type=t, item_id=5, item_title="T",
+                           extra_data=x) for t, x in extras])
+    refresher = Refresher(make_config(path), clock=lambda: NOW)
+    assert refresher.refresh(), refresher.last_error
+    assert events_total(refresher) == 5
+    assert refresher.health.malformed_rows[("cwa_user_activity", "invalid_extra_data")] == 4
+    values = samples(refresher.snapshot.text)
+    assert values[("activity_format_events_total",
+                   frozenset({("event_type", "READ"), ("format", "UNKNOWN"), ("user", "a")}))] == 1
+    assert values[("activity_device_events_total", frozenset({("device_type", "mobile")}))] == 1
+
+
+def test_a_bug_while_folding_is_reported_not_raised(tmp_path):
+    path = str(tmp_path / "cwa.db")
+    write_rows(path, make_rows(200, seed=8))
+    refresher = Refresher(make_config(path), clock=lambda: NOW)
+
+    def broken(batch):
+        raise RuntimeError("bug")
+
+    refresher.activity.fold_batch = broken
+    assert refresher.refresh() is False  # returns, so the refresher thread lives on
+    assert "folding: bug" in refresher.last_error
+    assert refresher.health.refresh_errors["fold"] == 1

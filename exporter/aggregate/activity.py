@@ -29,7 +29,7 @@ SESSION_BUCKETS = (60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
 MAX_PENDING_SEARCHES_PER_USER = 100
 DAY = 86400
 _SPECIAL_TYPES = CONTENT_EVENT_TYPES | {"SEARCH", "SHELF_ADD", "SHELF_REMOVE"}
-_DEVICE, _FORMAT, _SOURCE = (methodcaller("get", key) for key in ("device_type", "format", "source"))
+_FORMAT, _SOURCE = methodcaller("get", "format"), methodcaller("get", "source")
 _second = itemgetter(1)
 
 
@@ -125,7 +125,7 @@ class ActivityFolder:
             return
         ts_col, extras, types = batch.ts, batch.extras, batch.event_types
         users, labelled, events = self.users, self._event_labels, self.events
-        for raw, n in Counter(zip(types, batch.user_ids, batch.user_names)).items():
+        for raw, n in batch.type_user_counts().items():
             key = labelled.get(raw)
             if key is None:
                 if len(labelled) > 100000:
@@ -134,7 +134,7 @@ class ActivityFolder:
             events[key] += n
         for quarter, n in batch.quarter_counts().items():
             self.by_hour[self.clock.weekday_hour(quarter * 900)] += n
-        for device, n in Counter(map(_DEVICE, extras)).items():
+        for device, n in batch.device_counts().items():
             self.device_events[self.devices(clean(device).lower() if device else "unknown")] += n
 
         keys = batch.user_keys()

@@ -5,7 +5,8 @@ Handled and counted (``activity_exporter_malformed_rows_total{table="cwa_user_ac
   (``T``, fractions, ``Z``/offsets) are read; naive times are UTC.
 - ``missing_event_type`` (skipped): NULL or empty event type.
 - ``legacy_extra_data`` (kept): a plain string in ``extra_data``; as in seed 000 it is the format.
-- ``invalid_extra_data`` (kept, extra ignored): JSON that is not an object, or a bare JSON scalar.
+- ``invalid_extra_data`` (kept, extra ignored): JSON that is not an object, or a bare JSON scalar; in an
+  object, values that are themselves objects or arrays are dropped (every field we read is a plain value).
 - ``oversized_value`` (kept, truncated): a text value longer than ``MAX_TEXT``.
 - ``unknown_event_type`` (kept): a type outside the standard list; it still counts under its own (capped) label.
 """
@@ -16,7 +17,7 @@ import calendar
 import json
 from collections import Counter
 from itertools import repeat
-from operator import floordiv, itemgetter
+from operator import floordiv, itemgetter, methodcaller
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -110,10 +111,14 @@ def parse_extra(raw, notes: list) -> dict:
             notes.append("invalid_extra_data")
             return {}
         if isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, str) and len(item) > MAX_TEXT:
-                    notes.append("oversized_value")
-                    value[key] = item[:MAX_TEXT]
+            for key, item in list(value.items()):
+                if isinstance(item, str):
+                    if len(item) > MAX_TEXT:
+                        notes.append("oversized_value")
+                        value[key] = item[:MAX_TEXT]
+                elif isinstance(item, (dict, list)):  # no field of ours is nested: labels need plain values
+                    notes.append("invalid_extra_data")
+                    del value[key]
             return value
         notes.append("invalid_extra_data")
         return {}
@@ -132,9 +137,9 @@ class Batch:
     instead of handling one ``Event`` at a time. ``extras`` dicts may be shared between rows: read-only."""
 
     __slots__ = ("ids", "ts", "user_ids", "user_names", "event_types", "item_ids", "item_titles", "extras", "_keys",
-                 "_quarters", "_quarter_counts")
+                 "_quarters", "counts")
 
-    def __init__(self, ids, ts, user_ids, user_names, event_types, item_ids, item_titles, extras):
+    def __init__(self, ids, ts, user_ids, user_names, event_types, item_ids, item_titles, extras, counts=None):
         self.ids = ids
         self.ts = ts
         self.user_ids = user_ids
@@ -145,7 +150,7 @@ class Batch:
         self.extras = extras
         self._keys = None
         self._quarters = None
-        self._quarter_counts = None
+        self.counts: dict = counts if counts is not None else {}  # name -> Counter, see ``count_all``
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -173,14 +178,41 @@ class Batch:
 
     def quarter_counts(self) -> Counter:
         """Rows per quarter hour, in order of first appearance (shared: hour-of-week and report slots)."""
-        if self._quarter_counts is None:
-            self._quarter_counts = Counter(self.quarters())
-        return self._quarter_counts
+        return self._count("quarters")
+
+    def type_user_counts(self) -> Counter:
+        """Rows per (event type, user id, user name), in order of first appearance."""
+        return self._count("type_users")
+
+    def device_counts(self) -> Counter:
+        """Rows per raw ``extra_data.device_type`` value (None when missing)."""
+        return self._count("devices")
+
+    def _count(self, name: str) -> Counter:
+        counts = self.counts.get(name)
+        if counts is None:
+            counts = self.counts[name] = _COUNTS[name](self)
+        return counts
+
+    def count_all(self) -> dict:
+        """Every per-chunk count, computed now: the helper process does this before sending a batch, so the
+        folding process receives them ready (small, and they cost a pass over the rows each)."""
+        for name in _COUNTS:
+            self._count(name)
+        return self.counts
 
     def events(self):
         """The rows as ``Event`` objects, for aggregators that fold one event at a time."""
         return map(Event, self.ids, self.ts, self.user_ids, self.user_names, self.event_types, self.item_ids,
                    self.item_titles, self.extras)
+
+
+_DEVICE = methodcaller("get", "device_type")
+_COUNTS = {
+    "quarters": lambda batch: Counter(batch.quarters()),
+    "type_users": lambda batch: Counter(zip(batch.event_types, batch.user_ids, batch.user_names)),
+    "devices": lambda batch: Counter(map(_DEVICE, batch.extras)),
+}
 
 
 class BatchParser:
