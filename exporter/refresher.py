@@ -31,10 +31,12 @@ from exporter.aggregate.cursor import IdCursor, grace_for
 from exporter.aggregate.events import TABLE, BatchParser
 from exporter.activity_reader import HelperDatabaseError, HelperFailed, HelperReader, activity_query, backlog, chunks
 from exporter.aggregate.health import Health
+from exporter.aggregate.sessions import Sessions
 from exporter.config import Config
 
 log = logging.getLogger("exporter.refresher")
 
+FREEZE_AFTER_ROWS = 50_000  # a refresh that read this many rows settles its objects (``gc.freeze``)
 REFRESH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 
 
@@ -52,10 +54,10 @@ class Snapshot:
     error: str | None = None
 
 
-def _other_parts(config: Config, health: Health, engine):
+def _other_parts(config: Config, health: Health, engine, sessions: Sessions):
     """Folders and sources besides user activity: API, daily reports, CWA history, the Calibre library."""
     folders = [ApiFolder(config, health)]
-    daily = DailyFolder(config, health) if config.enable_daily_reports else None
+    daily = DailyFolder(config, health, sessions) if config.enable_daily_reports else None
     if daily is not None:
         folders.append(daily)
     sources = [HistorySource(config, health, engine)]
@@ -97,8 +99,9 @@ class Refresher:
     def _build_aggregates(self) -> None:
         self.health = Health()
         self.parser = BatchParser(self.health)
-        self.activity = ActivityFolder(self.config, self.health)
-        extra_folders, self.sources, self.daily = _other_parts(self.config, self.health, self.engine)
+        self.sessions = Sessions(self.config.session_gap)  # one walk over the rows for both folders
+        self.activity = ActivityFolder(self.config, self.health, self.sessions)
+        extra_folders, self.sources, self.daily = _other_parts(self.config, self.health, self.engine, self.sessions)
         self.folders = [self.activity, *extra_folders]
         self.cursor = IdCursor(grace_for(self.engine))
 
@@ -189,6 +192,7 @@ class Refresher:
         return total
 
     def _fold(self, batch) -> None:
+        self.sessions.fold(batch.user_keys(), batch.ts)
         for folder in self.folders:
             fold_batch = getattr(folder, "fold_batch", None)
             if fold_batch is not None:
@@ -214,8 +218,9 @@ class Refresher:
             now = self.clock()
             ok = True
             errors = []
+            read = 0
             try:
-                self._read_activity()
+                read = self._read_activity()
                 self._read_drops()
                 self.database_up["activity"] = 1
             except self._db_errors as e:
@@ -231,6 +236,13 @@ class Refresher:
                 log.exception("folding activity rows failed")
             finally:
                 self.cursor.settle(now)
+            try:
+                self.sessions.close_idle(now)  # before the folders advance: they read the closed sessions
+            except Exception as e:
+                ok = False
+                self.health.refresh_error("sessions")
+                errors.append(f"sessions: {_short(e)}")
+                log.exception("closing idle sessions failed")
             for folder in self.folders:
                 try:
                     folder.advance(now)
@@ -262,6 +274,8 @@ class Refresher:
                 self.last_error = "; ".join(errors)
                 log.warning("refresh incomplete: %s", self.last_error)
             self._publish(now)
+            if read >= FREEZE_AFTER_ROWS:
+                _settle_long_lived_objects()
             if self.config.state and (not ok or now - self._last_checkpoint >= self.config.checkpoint_interval):
                 self.checkpoint()
             return ok
@@ -361,6 +375,15 @@ class Refresher:
             "refresh_errors": health["refresh_errors"],
             "events_dropped": dict(self.snapshot.drops),
         }
+
+
+def _settle_long_lived_objects() -> None:
+    """After a big read (millions of new objects, none collected while folding): collect cyclic garbage once,
+    then move the survivors, the aggregates, out of the collector's sight (``gc.freeze``). Otherwise the
+    first collections after the refresh, which happen during scrapes, would walk all of them (measured: scrape
+    p50 0.46 -> 0.80 ms, p99 2.8 ms at 10M rows). Reference counting still frees them when they go."""
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.contextmanager

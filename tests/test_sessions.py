@@ -27,3 +27,12 @@ def test_state_round_trip():
     restored = Sessions(gap=60)
     restored.load_state(s.state())
     assert restored.open == s.open
+
+
+def test_every_listener_hears_each_closed_session_once():
+    s = Sessions(gap=100)
+    heard_a, heard_b = [], []
+    s.listeners += [heard_a.extend, heard_b.extend]
+    s.fold([1, 1], [0, 500])
+    s.close_idle(now=1000)
+    assert heard_a == heard_b == [[0, 0, 1], [500, 500, 1]]

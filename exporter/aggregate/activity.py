@@ -37,6 +37,18 @@ def _bucket_label(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
+def _labels_of(cache: dict, values: list, make) -> list:
+    """``make(value)`` for each value, through ``cache``: only values not seen before reach ``make``."""
+    try:
+        return list(map(cache.__getitem__, values))
+    except KeyError:
+        if len(cache) > 100000:
+            cache.clear()
+        for value in set(values) - cache.keys():
+            cache[value] = make(value)
+        return list(map(cache.__getitem__, values))
+
+
 class UserLabels:
     """Maps (user_id, user_name) to the ``user`` label per ``user_label`` mode, capped by ``user_cap``."""
 
@@ -79,11 +91,12 @@ class UserLabels:
 class ActivityFolder:
     """Folds ``cwa_user_activity`` events into the User Activity metrics of METRICS.md."""
 
-    def __init__(self, config: Config, health=None):
+    def __init__(self, config: Config, health=None, sessions: Sessions | None = None):
         self.config = config
         self.clock = LocalTime(config.timezone)
         self.windows = list(config.windows)
         self.users = UserLabels(config.user_label, config.user_cap)
+        self._format_labels: dict = {}  # raw format -> label (fixed once given, like every capped label)
         self._event_labels: dict = {}  # (event_type, user_id, user_name) -> events key (labels are fixed once given)
         cap = config.label_cap
         self.event_types = LabelCap(len(STANDARD_EVENT_TYPES) + cap, STANDARD_EVENT_TYPES)
@@ -108,7 +121,10 @@ class ActivityFolder:
         self.window_sums = WindowSums(self.day_book_counts)
         self.day_sessions: dict[int, list] = {}  # local day of session start -> [sum seconds, count]
         self.titles: dict = {}
-        self.sessions = Sessions(config.session_gap)
+        # A shared tracker is driven by its owner (the refresher); without one, this folder drives its own.
+        self.sessions = sessions if sessions is not None else Sessions(config.session_gap)
+        self._drives_sessions = sessions is None
+        self.sessions.listeners.append(self._sessions_closed)
         self.pending_searches: dict = {}  # user key -> [search ts, ...]
         self.recent_searches: deque = deque(maxlen=max(config.recent_searches, 1))
 
@@ -138,8 +154,8 @@ class ActivityFolder:
             self.device_events[self.devices(clean(device).lower() if device else "unknown")] += n
 
         keys = batch.user_keys()
-        for session in self.sessions.fold(keys, ts_col):
-            self._close_session(session)
+        if self._drives_sessions:
+            self.sessions.fold(keys, ts_col)
         last_seen, open_sessions = self.user_last_seen, self.sessions.open
         for key in set(keys):
             if key is not None and open_sessions[key][1] > last_seen.get(key, -1.0):
@@ -169,8 +185,8 @@ class ActivityFolder:
         """Reads, downloads and sends: formats, discovery, books per day, books last read, titles."""
         types, extras, items, ts = pick(batch.event_types), pick(batch.extras), pick(batch.item_ids), pick(batch.ts)
         users = self.users.labels(pick(batch.user_ids), pick(batch.user_names))
-        for (etype, fmt, user), n in Counter(zip(types, map(_FORMAT, extras), users)).items():
-            self.format_events[(etype, self._format(fmt), user)] += n
+        formats = _labels_of(self._format_labels, list(map(_FORMAT, extras)), self._format)
+        self.format_events.update(zip(types, formats, users))  # counted straight into the counter, in C
         for source, n in Counter(map(_SOURCE, compress(extras, map("EMAIL".__ne__, types)))).items():
             self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
 
@@ -210,11 +226,13 @@ class ActivityFolder:
                 query = extra.get("format")  # legacy plain-string extra_data on a SEARCH is the query
             self.recent_searches.append((ts, clean(query if query is not None else "", 100), user))
 
+    def _sessions_closed(self, sessions: list) -> None:
+        for session in sessions:
+            if session[2] > 1:  # a single event has no duration (seed 000: 'user has multiple events')
+                self._close_session(session)
+
     def _close_session(self, session) -> None:
-        """Sessions with a single event have no duration (seed 000: 'user has multiple events')."""
-        start, last, count = session
-        if count < 2:
-            return
+        start, last, _ = session
         duration = last - start
         self.session_sum += duration
         for i, bound in enumerate(SESSION_BUCKETS):
@@ -249,8 +267,8 @@ class ActivityFolder:
 
     def advance(self, now: float) -> None:
         """Close sessions idle longer than the gap; drop state no window can see any more."""
-        for session in self.sessions.close_idle(now):
-            self._close_session(session)
+        if self._drives_sessions:
+            self.sessions.close_idle(now)
         window = self.config.search_success_window
         for key, pending in list(self.pending_searches.items()):
             pending[:] = [t for t in pending if now - t <= window]
@@ -426,6 +444,7 @@ class ActivityFolder:
         self.recent_searches.extend(tuple(r) for r in s["recent_searches"])
         labels = s["labels"]
         self._event_labels.clear()
+        self._format_labels.clear()
         self.users._cache.clear()
         self.users.cap.admitted = set(labels["user"])
         for cap, name in ((self.event_types, "event_type"), (self.formats, "format"), (self.sources, "source"),

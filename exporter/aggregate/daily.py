@@ -171,7 +171,7 @@ class _Day:
 class DailyFolder:
     """Folds activity events into per-day usage reports; a folder in the sense of ``exporter.aggregate``."""
 
-    def __init__(self, config, health=None):
+    def __init__(self, config, health=None, sessions: Sessions | None = None):
         self.config = config
         self.health = health
         self.bounds = DayBoundaries(config.timezone, config.report_start_time)
@@ -179,9 +179,12 @@ class DailyFolder:
         self.retention_days = int(config.report_retention_days)
         self._days: dict[int, _Day] = {}
         self._titles: dict[int, str] = {}  # item id -> latest title, for items still in a kept day
-        self.sessions = Sessions(config.session_gap)
+        # A shared tracker is driven by its owner (the refresher); without one, this folder drives its own.
+        self.sessions = sessions if sessions is not None else Sessions(config.session_gap)
+        self._drives_sessions = sessions is None
+        self.sessions.listeners.append(self._sessions_closed)
         self._oldest_kept = 0  # ordinal; events of older days are ignored (already past retention)
-        self._lock = threading.Lock()  # report() may run on a web thread while the refresher folds
+        self._lock = threading.RLock()  # report() may run on a web thread while the refresher folds
 
     # -- folder contract -------------------------------------------------------------------------------
 
@@ -209,8 +212,8 @@ class DailyFolder:
             for ordinal in set(day_of.values()):
                 if ordinal >= oldest and ordinal not in days:
                     days[ordinal] = _Day()
-            for session in self.sessions.fold(keys, batch.ts):  # after the days exist: one may start here
-                self._close(session)
+            if self._drives_sessions:
+                self.sessions.fold(keys, batch.ts)
             for unit, n in unit_counts.items():
                 ordinal, slot = place[unit]
                 if ordinal >= oldest:  # rows for days past retention count nowhere
@@ -252,19 +255,26 @@ class DailyFolder:
             by_id = dict(zip(map(id, api_extras), api_extras))
             day.api_5xx += sum(n for key, n in Counter(map(id, api_extras)).items() if status_is_5xx(by_id[key]))
 
-    def _close(self, s) -> None:
-        if s[2] < 2:
-            return
-        day = self._days.get(self.bounds.day_of(s[0]))
-        if day is not None:
-            day.session_sum += s[1] - s[0]
-            day.session_n += 1
+    def _sessions_closed(self, sessions: list) -> None:
+        """Each closed session of two or more events counts on the report day it started."""
+        with self._lock:
+            for start, last, count in sessions:
+                if count < 2:
+                    continue
+                ordinal = self.bounds.day_of(start)
+                day = self._days.get(ordinal)
+                if day is None:
+                    if ordinal < self._oldest_kept:
+                        continue
+                    day = self._days[ordinal] = _Day()
+                day.session_sum += last - start
+                day.session_n += 1
 
     def advance(self, now: float) -> None:
         """Close sessions idle longer than ``session_gap``; drop days older than ``report_retention_days``."""
         with self._lock:
-            for session in self.sessions.close_idle(now):
-                self._close(session)
+            if self._drives_sessions:
+                self.sessions.close_idle(now)
             self._freeze_before(self.bounds.day_of(now))
             oldest = self.bounds.day_of(now) - self.retention_days
             if oldest > self._oldest_kept:
@@ -352,7 +362,7 @@ class DailyFolder:
             if d is None:
                 return None
             session_sum, session_n = d.session_sum, d.session_n
-            for s in self.sessions.open.values():
+            for s in list(self.sessions.open.values()):  # atomic copy: the refresher may fold meanwhile
                 if s[2] >= 2 and self.bounds.day_of(s[0]) == ordinal:
                     session_sum += s[1] - s[0]
                     session_n += 1

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 
 class Sessions:
-    """Open sessions by user key (``[start, last, events]``); ``fold`` returns the sessions it closed."""
+    """Open sessions by user key (``[start, last, events]``). Closed sessions go to every listener, so the
+    user-activity and daily-report folders can share one tracker (the refresher's) and walk the rows once."""
 
     def __init__(self, gap: float):
         self.gap = float(gap)
         self.open: dict = {}
+        self.listeners: list = []  # callables taking a list of closed sessions
 
     def fold(self, keys: list, ts: list) -> list:
         """Fold a chunk (user key per row, None for rows without a user; epoch seconds per row), in id order.
-        Returns the sessions closed by it as ``[start, last, events]``."""
+        Returns (and tells the listeners) the sessions closed by it as ``[start, last, events]``."""
         closed: list = []
         sessions, get, gap = self.open, self.open.get, self.gap
         for key, t in zip(keys, ts):
@@ -40,12 +42,20 @@ class Sessions:
                 current[2] += 1
             else:  # late and out of reach: the events around it are accounted already
                 closed.append([t, t, 1])
+        self._tell(closed)
         return closed
 
     def close_idle(self, now: float) -> list:
         """Close (and return) the sessions whose last event is more than ``gap`` before ``now``."""
         idle = [key for key, s in self.open.items() if now - s[1] > self.gap]
-        return [self.open.pop(key) for key in idle]
+        closed = [self.open.pop(key) for key in idle]
+        self._tell(closed)
+        return closed
+
+    def _tell(self, closed: list) -> None:
+        if closed:
+            for listener in self.listeners:
+                listener(closed)
 
     def state(self) -> list:
         return [[key, s] for key, s in self.open.items()]
