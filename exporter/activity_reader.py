@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import pickle
+import select
 import sqlite3
 import subprocess
 import sys
@@ -30,14 +31,15 @@ except ImportError:  # not a Unix
     fcntl = None
 
 log = logging.getLogger("exporter.reader")
+IDLE_EXIT_SECONDS = 600.0
 PIPE_BUFFER = 1 << 20  # Linux's default pipe-max-size; a parsed chunk of 10,000 rows pickles to about 300 KB
 
 
-def activity_query(engine) -> str:
+def activity_query(dialect: str) -> str:
     """Plain DB-API SQL for a chunk. SQLite converts timestamps itself, in the timestamp column's place
     (C speed, the same reading as seed 000's SQL: CWA's format and ISO-8601 with ``T``, fractions, ``Z``
     and offsets); text it cannot read comes back as it is, for the parser to try."""
-    if engine.dialect.name == "sqlite":
+    if dialect == "sqlite":
         whole = "unixepoch(timestamp)" if sqlite3.sqlite_version_info >= (3, 38) else \
             "CAST(strftime('%s', timestamp) AS INTEGER)"
         epoch = ("CASE WHEN instr(timestamp, '.') THEN strftime('%s', timestamp) + strftime('%f', timestamp)"
@@ -48,9 +50,10 @@ def activity_query(engine) -> str:
     return f"SELECT {', '.join(EVENT_COLUMNS)} FROM {TABLE} WHERE id > %s ORDER BY id LIMIT %s"
 
 
-def chunks(conn, query: str, after: int, limit: int):
-    """Chunks of rows with ``id > after`` in id order, as plain tuples (no Row object per row)."""
-    dbapi = conn.connection.driver_connection.cursor()
+def chunks(dbapi_conn, query: str, after: int, limit: int):
+    """Chunks of rows with ``id > after`` in id order, as plain tuples, through a DB-API connection (no
+    Row object per row)."""
+    dbapi = dbapi_conn.cursor()
     try:
         while True:
             dbapi.execute(query, (after, limit))
@@ -64,9 +67,9 @@ def chunks(conn, query: str, after: int, limit: int):
         dbapi.close()
 
 
-def backlog(conn, after: int) -> int:
+def backlog(dbapi_conn, after: int) -> int:
     """How many ids lie above ``after`` (an upper bound on the rows to read; cheap: the highest rowid)."""
-    dbapi = conn.connection.driver_connection.cursor()
+    dbapi = dbapi_conn.cursor()
     try:
         dbapi.execute(f"SELECT max(id) FROM {TABLE}")
         top = dbapi.fetchone()[0]
@@ -173,35 +176,38 @@ def _receive(stream):
 
 
 def _serve(requests, replies, activity_db: str, chunk_size: int) -> None:
-    """The helper process: answers each ``("read", after)`` with parsed chunks, then ``("done",)``."""
+    """The helper process: answers each ``("read", after)`` with parsed chunks, then ``("done",)``. Opens the
+    file anew for each request (a replaced database is noticed); leaves after ``IDLE_EXIT_SECONDS`` unused."""
     gc.disable()  # only caches live here; nothing cyclic
-    engine = db.reader_engine(activity_db)
     health = Health()
     parser = BatchParser(health)
-    query = activity_query(engine)
+    query = activity_query("sqlite")
     while True:
         try:
+            if not select.select([requests], [], [], IDLE_EXIT_SECONDS)[0]:
+                return  # idle: give the memory back; the exporter starts a new helper when it needs one
             request = _receive(requests)
-        except EOFError:
+        except (EOFError, OSError):
             return
         if request[0] != "read":
             return
         try:
-            with engine.connect() as conn:
+            conn = db.sqlite_readonly(activity_db)
+            try:
                 for rows in chunks(conn, query, request[1], chunk_size):
                     batch = parser.parse(rows)
                     malformed = dict(health.malformed_rows)
                     health.malformed_rows.clear()
                     counts = batch.count_all()  # here, so the folding process has less to do
                     _send(replies, ("batch", len(rows), rows[-1][0], batch.columns(), counts, malformed))
-                conn.rollback()
+            finally:
+                conn.close()
             _send(replies, ("done",))
         except (BrokenPipeError, EOFError):
             return
         except Exception as e:  # the database failed: report it, stay ready for the next refresh
-            engine.dispose()
             health.malformed_rows.clear()
-            _send(replies, ("error", str(getattr(e, "orig", None) or e).splitlines()[0][:200]))
+            _send(replies, ("error", str(e).splitlines()[0][:200] if str(e) else type(e).__name__))
 
 
 if __name__ == "__main__":

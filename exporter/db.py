@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+# SQLAlchemy is imported where an engine is made: the SQLite-only helper process (activity_reader) opens
+# files with ``sqlite_readonly`` and stays 24 MB smaller without it.
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
@@ -49,6 +53,8 @@ def _sqlite_pragmas(busy_timeout_ms: int, wal: bool):
 
 def writer_engine(url_or_path: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
     """An engine for writing events: SQLite in WAL mode with a busy timeout; PostgreSQL pooled."""
+    from sqlalchemy import create_engine, event
+
     url = to_url(url_or_path)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
@@ -59,12 +65,13 @@ def writer_engine(url_or_path: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_
 
 def reader_engine(url_or_path: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
     """A read-only engine: SQLite opened with ``mode=ro`` (never creates or changes the file)."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool
+
     url = to_url(url_or_path)
-    path = sqlite_path(url)
-    if path is not None:
-        uri = "file:" + quote(path) + "?mode=ro"
+    if sqlite_path(url) is not None:
         # No pooling: each refresh opens the file anew, so a deleted or replaced database is noticed.
-        return create_engine("sqlite://", creator=lambda: _sqlite_ro_connect(uri, busy_timeout_ms), poolclass=NullPool)
+        return create_engine("sqlite://", creator=lambda: sqlite_readonly(url, busy_timeout_ms), poolclass=NullPool)
     engine = create_engine(url, pool_pre_ping=True)
 
     @event.listens_for(engine, "connect")
@@ -75,9 +82,11 @@ def reader_engine(url_or_path: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_
     return engine
 
 
-def _sqlite_ro_connect(uri: str, busy_timeout_ms: int):
+def sqlite_readonly(url_or_path: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
+    """A plain ``sqlite3`` connection to a SQLite file opened with ``mode=ro``."""
     import sqlite3
 
+    uri = "file:" + quote(sqlite_path(url_or_path)) + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     return conn

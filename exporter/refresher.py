@@ -73,7 +73,7 @@ class Refresher:
         self.config = config
         self.clock = clock
         self.engine = db.reader_engine(config.activity_db)
-        self._query = activity_query(self.engine)
+        self._query = activity_query(self.engine.dialect.name)
         self._helper = HelperReader(config.activity_db, config.chunk_size)
         # raw DB-API cursors raise the driver's own errors, not SQLAlchemy's
         self._db_errors = (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error, HelperDatabaseError)
@@ -156,7 +156,7 @@ class Refresher:
         A backlog of ``reader_process_min_rows`` or more is read and parsed by the helper process."""
         cursor, minimum = self.cursor, self.config.reader_process_min_rows
         with self.engine.connect() as conn:
-            use_helper = minimum > 0 and cursor.grace <= 0 and backlog(conn, cursor.safe) >= minimum
+            use_helper = minimum > 0 and cursor.grace <= 0 and backlog(_dbapi(conn), cursor.safe) >= minimum
             if not use_helper:
                 return self._read_here(conn)
         try:
@@ -169,7 +169,7 @@ class Refresher:
 
     def _read_here(self, conn) -> int:
         cursor, total = self.cursor, 0
-        for rows in chunks(conn, self._query, cursor.safe, self.config.chunk_size):
+        for rows in chunks(_dbapi(conn), self._query, cursor.safe, self.config.chunk_size):
             if cursor.seen:  # ids above a gap were folded already: skip them
                 rows = [row for row in rows if cursor.is_new(row[0])]
             # without a grace period (SQLite) the cursor only needs the last id
@@ -408,6 +408,11 @@ class _StaticCollector:
 
     def collect(self):
         return iter(self._families)
+
+
+def _dbapi(conn):
+    """The driver's own connection under a SQLAlchemy one (plain cursors: no Row object per row)."""
+    return conn.connection.driver_connection
 
 
 def _short(error: Exception) -> str:
