@@ -172,8 +172,10 @@ class Refresher:
         for rows in chunks(_dbapi(conn), self._query, cursor.safe, self.config.chunk_size):
             if cursor.seen:  # ids above a gap were folded already: skip them
                 rows = [row for row in rows if cursor.is_new(row[0])]
-            # without a grace period (SQLite) the cursor only needs the last id
-            cursor.mark_many([row[0] for row in rows] if cursor.grace > 0 else [rows[-1][0]] if rows else [])
+            if cursor.grace > 0:
+                cursor.mark_many([row[0] for row in rows])
+            elif rows:  # ids commit in order (SQLite): the cursor only needs the last one
+                cursor.mark_many([rows[-1][0]])
             self._fold(self.parser.parse(rows))
             self.health.ingested(TABLE, len(rows))
             total += len(rows)

@@ -13,7 +13,7 @@ import hashlib
 import heapq
 from bisect import bisect_left
 from collections import Counter, deque
-from itertools import chain, compress
+from itertools import compress
 from operator import itemgetter, methodcaller
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -290,10 +290,15 @@ class ActivityFolder:
     def top_books(self, now: float, window: float) -> list[tuple]:
         today, first = self._window_days(now, window)
         past = self.window_sums.past(today, today - first + 1)
-        current = dict(self.day_book_counts.items(today))
-        totals = ((item, n + current.get(item, 0)) for item, n in past.items())
-        extra = ((item, n) for item, n in current.items() if item not in past)
-        top = heapq.nsmallest(self.config.top_books, chain(totals, extra), key=lambda kv: (-kv[1], kv[0]))
+        totals = dict(past)  # a C copy; only today's items are added in Python
+        for item, n in self.day_book_counts.items(today):
+            totals[item] = totals.get(item, 0) + n
+        if not totals:
+            return []
+        # The N-th highest count, found over plain ints; only books at or above it are ranked by (count, id).
+        threshold = heapq.nlargest(self.config.top_books, totals.values())[-1]
+        contenders = [kv for kv in totals.items() if kv[1] >= threshold]
+        top = sorted(contenders, key=lambda kv: (-kv[1], kv[0]))[:self.config.top_books]
         return [(item, clean(self.titles.get(item, "")), count) for item, count in top]
 
     def average_session(self, now: float, window: float) -> float:

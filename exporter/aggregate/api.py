@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import Counter
+from itertools import compress
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -92,6 +93,7 @@ class ApiFolder:
         self.by_hour: Counter = Counter()  # (weekday, hour)
         self.histograms: dict[str, list] = {}  # category -> [bucket counts (non-cumulative) ..., +Inf, sum]
         self._endpoint_cache: dict[str, str] = {}
+        self._labels: dict = {}  # (event type, raw endpoint, category, method, status, its type) -> labels
 
     def _endpoint(self, raw) -> str:
         if raw is None or raw == "":
@@ -112,41 +114,48 @@ class ApiFolder:
     def fold_batch(self, batch) -> None:
         """Rows with the same event type and the same parsed ``extra_data`` (the parser shares one dict per
         distinct string) get the same labels: each such group is labelled once and counted ``n`` times."""
-        types, extras, ts = batch.event_types, batch.extras, batch.ts
-        rows = [i for i, t in enumerate(types) if t in API_EVENT_TYPES]
-        if not rows:
+        is_api = list(map(API_EVENT_TYPES.__contains__, batch.event_types))
+        if True not in is_api:
             return
-        groups = Counter([(types[i], id(extras[i])) for i in rows])
-        by_id = {id(extras[i]): extras[i] for i in rows}
-        for (event_type, extra_id), n in groups.items():
+        types, extras = list(compress(batch.event_types, is_api)), list(compress(batch.extras, is_api))
+        by_id = dict(zip(map(id, extras), extras))
+        for (event_type, extra_id), n in Counter(zip(types, map(id, extras))).items():
             self._fold_group(event_type, by_id[extra_id], n)
-        for quarter, n in Counter([int(ts[i]) // 900 for i in rows]).items():  # offsets are whole quarters
+        for quarter, n in Counter(compress(batch.quarters(), is_api)).items():  # offsets are whole quarters
             weekday, hour = self.clock.weekday_hour(quarter * 900)
             self.by_hour[(str(weekday), str(hour))] += n
 
     def _fold_group(self, event_type: str, extra: dict, n: int) -> None:
         raw_endpoint = extra.get("endpoint") or extra.get("path")
+        category, method, status = extra.get("category"), extra.get("method"), extra.get("status", extra.get("status_code"))
+        raw = (event_type, raw_endpoint, category, method, status, type(status))  # parsed JSON: plain values
+        labels = self._labels.get(raw)
+        if labels is None:
+            if len(self._labels) > _CACHE_LIMIT:
+                self._labels.clear()
+            labels = self._labels[raw] = self._label(event_type, raw_endpoint, category, method, status)
+        self.requests[labels] += n
+        seconds = duration_seconds(extra)
+        if seconds is None:
+            if extra.get("duration_ms", extra.get("response_time_ms")) is not None:
+                self.health.malformed(TABLE, "bad_duration", n)
+            return
+        hist = self.histograms.get(labels[0])
+        if hist is None:
+            hist = self.histograms[labels[0]] = [0] * (len(BUCKETS) + 1) + [0.0]
+        hist[bisect_left(BUCKETS, seconds)] += n  # le semantics: a value equal to a bound falls in that bucket
+        hist[-1] += seconds * n
+
+    def _label(self, event_type: str, raw_endpoint, category, method, status) -> tuple:
+        """(category, endpoint, method, status) labels of a request; fixed once given, so they are cached."""
         pattern = self._endpoint(raw_endpoint)
-        category = extra.get("category")
         if category not in self.categories:
             if raw_endpoint:
                 category = categorize(pattern, self.rules)
             else:
                 category = EVENT_TYPE_CATEGORY.get(event_type)
                 category = category if category in self.categories else WEB_UI
-        endpoint = self.endpoint_cap(pattern)
-        self.requests[(category, endpoint, method_label(extra.get("method")), status_label(
-            extra.get("status", extra.get("status_code"))))] += n
-        seconds = duration_seconds(extra)
-        if seconds is None:
-            if extra.get("duration_ms", extra.get("response_time_ms")) is not None:
-                self.health.malformed(TABLE, "bad_duration", n)
-            return
-        hist = self.histograms.get(category)
-        if hist is None:
-            hist = self.histograms[category] = [0] * (len(BUCKETS) + 1) + [0.0]
-        hist[bisect_left(BUCKETS, seconds)] += n  # le semantics: a value equal to a bound falls in that bucket
-        hist[-1] += seconds * n
+        return category, self.endpoint_cap(pattern), method_label(method), status_label(status)
 
     def advance(self, now: float) -> None:
         """Nothing expires: every API metric is a counter or histogram."""
@@ -188,3 +197,4 @@ class ApiFolder:
         self.histograms = {c: list(h) for c, h in state.get("histograms", {}).items()
                            if len(h) == len(BUCKETS) + 2}
         self.endpoint_cap = LabelCap(self.config.endpoint_cap, state.get("endpoints", ()))
+        self._labels.clear()  # given under the old admitted set
