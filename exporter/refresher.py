@@ -162,8 +162,7 @@ class Refresher:
         try:
             return self._read_with_helper()
         except HelperFailed as e:
-            log.warning("%s; reading in this process", e)
-            self._helper.close()
+            log.warning("%s; reading in this process", e)  # batches() has ended the helper
             with self.engine.connect() as conn:
                 return self._read_here(conn)
 

@@ -197,7 +197,7 @@ class DailyFolder:
 
         Report day and half-hour slot are looked up once per distinct quarter hour (or minute, for a start
         time off the quarter), and each day's rows are picked out with ``compress`` and counted into its sets
-        and ``Counter`` at C speed. Sessions are cut a chunk at a time too (``Sessions``)."""
+        and ``Counter`` at C speed. Sessions come from the ``Sessions`` tracker (``_sessions_closed``)."""
         if not len(batch):
             return
         size = self.bounds.unit
