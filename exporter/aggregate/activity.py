@@ -58,34 +58,26 @@ class UserLabels:
         self._cache: dict = {}
 
     def labels(self, user_ids, user_names) -> list:
-        """Labels for two columns at once; only pairs not seen before go through ``__call__``."""
-        pairs = list(zip(user_ids, user_names))
-        labels = list(map(self._cache.get, pairs))
-        if None in labels:
-            for i in [i for i, label in enumerate(labels) if label is None]:
-                labels[i] = self(*pairs[i])
-        return labels
+        """Labels for two columns at once; only pairs not seen before are labelled (``_label``)."""
+        return _labels_of(self._cache, list(zip(user_ids, user_names)), self._label)
 
     def __call__(self, user_id, user_name) -> str:
-        key = (user_id, user_name)
-        label = self._cache.get(key)
-        if label is None:
-            if self.mode == "none":
-                label = ""
-            else:
-                if self.mode == "id":
-                    raw = "unknown" if user_id is None else str(user_id)
-                elif user_name:
-                    raw = clean(user_name)
-                else:
-                    raw = "unknown" if user_id is None else f"User{user_id}"
-                if self.mode == "hash" and raw != "unknown":
-                    raw = hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:12]
-                label = self.cap(raw)
-            if len(self._cache) > 100000:
-                self._cache.clear()
-            self._cache[key] = label
-        return label
+        label = self._cache.get((user_id, user_name))
+        return label if label is not None else self.labels([user_id], [user_name])[0]
+
+    def _label(self, pair) -> str:
+        user_id, user_name = pair
+        if self.mode == "none":
+            return ""
+        if self.mode == "id":
+            raw = "unknown" if user_id is None else str(user_id)
+        elif user_name:
+            raw = clean(user_name)
+        else:
+            raw = "unknown" if user_id is None else f"User{user_id}"
+        if self.mode == "hash" and raw != "unknown":
+            raw = hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:12]
+        return self.cap(raw)
 
 
 class ActivityFolder:

@@ -210,8 +210,7 @@ class DailyFolder:
         with self._lock:
             days, oldest = self._days, self._oldest_kept
             for ordinal in set(day_of.values()):
-                if ordinal >= oldest and ordinal not in days:
-                    days[ordinal] = _Day()
+                self._day(ordinal)
             if self._drives_sessions:
                 self.sessions.fold(keys, batch.ts)
             for unit, n in unit_counts.items():
@@ -255,18 +254,22 @@ class DailyFolder:
             by_id = dict(zip(map(id, api_extras), api_extras))
             day.api_5xx += sum(n for key, n in Counter(map(id, api_extras)).items() if status_is_5xx(by_id[key]))
 
+    def _day(self, ordinal: int) -> _Day | None:
+        """The rollup of report day ``ordinal``, made on first use; None for days past retention."""
+        day = self._days.get(ordinal)
+        if day is None and ordinal >= self._oldest_kept:
+            day = self._days[ordinal] = _Day()
+        return day
+
     def _sessions_closed(self, sessions: list) -> None:
         """Each closed session of two or more events counts on the report day it started."""
         with self._lock:
             for start, last, count in sessions:
                 if count < 2:
                     continue
-                ordinal = self.bounds.day_of(start)
-                day = self._days.get(ordinal)
+                day = self._day(self.bounds.day_of(start))
                 if day is None:
-                    if ordinal < self._oldest_kept:
-                        continue
-                    day = self._days[ordinal] = _Day()
+                    continue
                 day.session_sum += last - start
                 day.session_n += 1
 
