@@ -52,7 +52,11 @@ def activity_query(dialect: str) -> str:
 
 def chunks(dbapi_conn, query: str, after: int, limit: int):
     """Chunks of rows with ``id > after`` in id order, as plain tuples, through a DB-API connection (no
-    Row object per row)."""
+    Row object per row). SQLite text comes as bytes: the parser decodes each distinct value once, instead
+    of the driver decoding every value (and failing the chunk on invalid UTF-8)."""
+    text_factory = getattr(dbapi_conn, "text_factory", None)
+    if text_factory is not None:
+        dbapi_conn.text_factory = bytes
     dbapi = dbapi_conn.cursor()
     try:
         while True:
@@ -65,6 +69,8 @@ def chunks(dbapi_conn, query: str, after: int, limit: int):
             after = rows[-1][0]
     finally:
         dbapi.close()
+        if text_factory is not None:
+            dbapi_conn.text_factory = text_factory
 
 
 def backlog(dbapi_conn, after: int) -> int:

@@ -241,3 +241,27 @@ def test_a_bug_while_folding_is_reported_not_raised(tmp_path):
     assert refresher.refresh() is False  # returns, so the refresher thread lives on
     assert "folding: bug" in refresher.last_error
     assert refresher.health.refresh_errors["fold"] == 1
+
+
+@pytest.mark.parametrize("min_rows", [0, 1], ids=["in-process", "helper"])
+def test_invalid_utf8_text_is_read_with_replacement(tmp_path, min_rows):
+    """Text columns holding bytes that are not UTF-8 (or BLOBs) are decoded with U+FFFD, not fatal to a chunk,
+    the same way whether this process or the helper reads them."""
+    path = str(tmp_path / "bytes.db")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(NOW - 100))
+    write_rows(path, [dict(timestamp=stamp, user_id=1, user_name="a", event_type="READ", item_id=5,
+                           item_title="T", extra_data='{"format": "epub"}')])
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO cwa_user_activity (timestamp, user_id, user_name, event_type, item_id, item_title,"
+                 " extra_data) VALUES (?, 2, CAST(x'62ff' AS TEXT), CAST(x'52454144' AS TEXT), 6, x'54ff',"
+                 " CAST(x'7b22666f726d6174223a202265707562227d' AS BLOB))", (stamp,))
+    conn.commit()
+    conn.close()
+    refresher = Refresher(make_config(path, reader_process_min_rows=min_rows), clock=lambda: NOW)
+    assert refresher.refresh(), refresher.last_error
+    refresher.stop()
+    assert events_total(refresher) == 2
+    values = samples(refresher.snapshot.text)
+    assert values[("activity_events_total", frozenset({("event_type", "READ"), ("user", "b\ufffd")}))] == 1
+    assert values[("activity_format_events_total",
+                   frozenset({("event_type", "READ"), ("format", "EPUB"), ("user", "b\ufffd")}))] == 1

@@ -54,7 +54,7 @@ def parse_timestamp(value) -> float | None:
     if isinstance(value, datetime):
         dt = value
     else:
-        text = str(value).strip()
+        text = _text(value).strip()
         if len(text) == 19 and text[10] in " T" and text[4] == "-" and text[13] == ":":
             day = text[:10]
             base = _day_cache.get(day)
@@ -92,11 +92,13 @@ def _as_int(value):
 
 def parse_extra(raw, notes: list) -> dict:
     """``extra_data`` as a dict: JSON objects as they are, a legacy plain string as ``{"format": string}``."""
-    if raw is None or raw == "":
+    if raw is None:
         return {}
     if isinstance(raw, dict):
         return raw
-    text = raw if isinstance(raw, str) else str(raw)
+    text = _text(raw)
+    if not text:
+        return {}
     if len(text) > 64 * MAX_TEXT:
         notes.append("oversized_value")
         return {}
@@ -225,7 +227,9 @@ class BatchParser:
         self.health = health
         self._extras: dict = {}  # raw extra_data -> (dict, notes)
         self._types: dict = {}  # raw event_type -> (normalised or None, notes)
-        self._names: dict = {}  # user name -> the one str object used for it
+        self._names: dict = {}  # raw user name -> the one str object used for it
+        self._titles: dict = {}  # raw item title -> the one str object used for it
+        self._long: set = set()  # texts from those two longer than MAX_TEXT
 
     def _extra(self, raw):
         notes: list = []
@@ -236,15 +240,32 @@ class BatchParser:
         return parsed
 
     def _type(self, raw):
-        if not raw or not str(raw).strip():
+        whole = _text(raw) if raw is not None else ""
+        if not whole.strip():
             return None, ("missing_event_type",)
-        text = str(raw)[:MAX_TEXT].strip().upper()
-        notes = ("oversized_value",) if len(str(raw)) > MAX_TEXT else ()
+        text = whole[:MAX_TEXT].strip().upper()
+        notes = ("oversized_value",) if len(whole) > MAX_TEXT else ()
         if text not in STANDARD_EVENT_TYPES:
             notes += ("unknown_event_type",)
         if len(self._types) < 10_000:
             self._types[raw] = (text, notes)
         return text, notes
+
+    def _texts(self, cache: dict, column) -> list:
+        """A text column as shared str objects (or None), through ``cache``: each distinct raw value (str, or
+        bytes from a connection that skips decoding) is decoded once; long ones are noted in ``_long``."""
+        try:
+            return list(map(cache.__getitem__, column))
+        except KeyError:
+            if len(cache) > self.CACHE_LIMIT:  # _long belongs to both caches: start all three afresh
+                for values in (self._names, self._titles, self._long):
+                    values.clear()
+            cache[None] = None
+            for raw in set(column) - cache.keys():
+                text = cache[raw] = _text(raw)
+                if len(text) > MAX_TEXT:
+                    self._long.add(text)
+            return list(map(cache.__getitem__, column))
 
     def parse(self, rows) -> Batch:
         """Rows in ``EVENT_COLUMNS`` order; the timestamp may come as epoch seconds already (a number: the
@@ -274,18 +295,17 @@ class BatchParser:
             missing = {i for i, t in enumerate(types) if t is None} - skipped
             health.malformed(TABLE, "missing_event_type", len(missing)) if missing else None
             skipped |= missing
-        user_names, item_titles = _texts(user_names), _texts(item_titles)
-        if len(self._names) > self.CACHE_LIMIT:
-            self._names.clear()
-        # one object per name: later hashing and comparing (Counter keys, label caches) is by identity
-        user_names = list(map(self._names.setdefault, user_names, user_names))
-        oversized = set()
+        # one object per name and title: later hashing and comparing (Counter keys, label caches) is by identity
+        user_names, item_titles = self._texts(self._names, user_names), self._texts(self._titles, item_titles)
+        oversized, long = set(), self._long
         for column in (user_names, item_titles):
-            if max(map(len, filter(None, column)), default=0) > MAX_TEXT:
-                oversized.update(i for i, v in enumerate(column) if v and len(v) > MAX_TEXT)
+            if long and not long.isdisjoint(column):
+                oversized.update(i for i, v in enumerate(column) if v in long)
         # Problems belong to distinct raw values, which repeat: count rows per value at C speed.
         reasons: Counter = Counter()
         for raw_column, parsed_column in ((raw_types, kinds), (raw_extras, parsed)):
+            if not any(map(_second, parsed_column)):
+                continue  # the usual case, checked at C speed
             noted = {raw: result[1] for raw, result in dict(zip(raw_column, parsed_column)).items() if result[1]}
             if not noted:
                 continue
@@ -303,9 +323,9 @@ class BatchParser:
             health.malformed(TABLE, "oversized_value", len(oversized))
             for i in oversized:
                 if user_names[i] is not None:
-                    user_names[i] = str(user_names[i])[:MAX_TEXT]
+                    user_names[i] = user_names[i][:MAX_TEXT]
                 if item_titles[i] is not None:
-                    item_titles[i] = str(item_titles[i])[:MAX_TEXT]
+                    item_titles[i] = item_titles[i][:MAX_TEXT]
         columns = [list(ids), ts, list(user_ids), user_names, types, list(item_ids), item_titles, extras]
         if skipped:
             columns = [[v for j, v in enumerate(col) if j not in skipped] for col in columns]
@@ -324,15 +344,17 @@ def gather(indices):
     return lambda column: tuple(column[i] for i in indices)
 
 
-def _texts(column) -> list:
-    """A text column as a list of str or None (odd databases store numbers or bytes in text columns)."""
-    if set(map(type, column)) <= _STR_OR_NONE:
-        return list(column)
-    return [None if v is None else (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for v in column]
+def _text(value) -> str:
+    """A stored value as text: bytes (a BLOB, or TEXT read undecoded) as UTF-8, invalid bytes replaced; other
+    values (odd databases store numbers in text columns) as ``str``."""
+    if type(value) is str:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
 
 
 _first = itemgetter(0)
 _second = itemgetter(1)
 _INT_OR_NONE = {int, type(None)}
 _NUMBER = {int, float}
-_STR_OR_NONE = {str, type(None)}
