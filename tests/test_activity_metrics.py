@@ -202,3 +202,18 @@ def _epoch(text):
     from exporter.aggregate.events import parse_timestamp
 
     return parse_timestamp(text) or 0
+
+
+def test_search_answered_in_a_later_chunk(tmp_path):
+    """A search at the end of one chunk and the read that answers it in the next (with no search of its own)."""
+    from exporter.aggregate.activity import ActivityFolder
+    from exporter.aggregate.events import Batch
+
+    folder = ActivityFolder(config_mod.load(overrides={"activity_db": str(tmp_path / "x.db")}))
+
+    def row(ts, etype, extra):
+        return Batch([1], [ts], [7], ["reader"], [etype], [None if etype == "SEARCH" else 42], [None], [extra])
+
+    folder.fold_batch(row(NOW - 100, "SEARCH", {"query": "dune"}))
+    folder.fold_batch(row(NOW - 40, "READ", {"format": "EPUB"}))
+    assert folder.search_successes == 1

@@ -153,20 +153,15 @@ class ActivityFolder:
             if key is not None and open_sessions[key][1] > last_seen.get(key, -1.0):
                 last_seen[key] = open_sessions[key][1]  # an open session ends at its user's latest event
 
-        special = [i for i, t in enumerate(types) if t in _SPECIAL_TYPES]
+        special = list(compress(range(len(types)), map(_SPECIAL_TYPES.__contains__, types)))
         if not special:
             return
         content = [i for i in special if types[i] in CONTENT_EVENT_TYPES]
         if content:
             self._fold_content(batch, gather(content))
-        pending = self.pending_searches
-        for i in special:
-            etype = types[i]
-            if etype == "SEARCH":
-                self._search(keys[i], ts_col[i], extras[i], users(batch.user_ids[i], batch.user_names[i]))
-            elif etype in CONTENT_EVENT_TYPES:
-                if pending and keys[i] in pending:
-                    self._search_success(keys[i], ts_col[i])
+        searches = [i for i in special if types[i] == "SEARCH"]
+        if searches or (content and self.pending_searches):  # a read may answer a search of an earlier chunk
+            self._searches(batch, sorted(searches + content), searches)
         shelf_rows = Counter([(extras[i].get("shelf") or extras[i].get("shelf_name"), types[i])
                               for i in special if types[i] in ("SHELF_ADD", "SHELF_REMOVE")])
         for (shelf, etype), n in shelf_rows.items():
@@ -206,17 +201,30 @@ class ActivityFolder:
     def _format(self, fmt) -> str:
         return self.formats(clean(fmt, 16).upper() if fmt else "UNKNOWN")
 
-    def _search(self, key, ts: float, extra: dict, user: str) -> None:
-        if key is not None:
-            pending = self.pending_searches.setdefault(key, [])
-            if len(pending) >= MAX_PENDING_SEARCHES_PER_USER:
-                pending.pop(0)
-            pending.append(ts)
-        if self.config.recent_searches_enabled and self.config.recent_searches:
+    def _searches(self, batch: Batch, in_order: list, searches: list) -> None:
+        """Searches wait for a read, download or send by the same user (``in_order``: those rows and the
+        searches, in row order); the last ``recent_searches`` searches (row indices ``searches``) are kept."""
+        keys, ts, types = batch.user_keys(), batch.ts, batch.event_types
+        pending = self.pending_searches
+        for i in in_order:
+            key = keys[i]
+            if types[i] == "SEARCH":
+                if key is not None:
+                    waiting = pending.setdefault(key, [])
+                    if len(waiting) >= MAX_PENDING_SEARCHES_PER_USER:
+                        waiting.pop(0)
+                    waiting.append(ts[i])
+            elif key in pending:
+                self._search_success(key, ts[i])
+        if not (self.config.recent_searches_enabled and self.config.recent_searches):
+            return
+        for i in searches[-self.config.recent_searches:]:  # older ones would leave the deque at once
+            extra = batch.extras[i]
             query = extra.get("query")
             if query is None and extra.get("format") is not None and len(extra) == 1:
                 query = extra.get("format")  # legacy plain-string extra_data on a SEARCH is the query
-            self.recent_searches.append((ts, clean(query if query is not None else "", 100), user))
+            user = self.users(batch.user_ids[i], batch.user_names[i])
+            self.recent_searches.append((ts[i], clean(query if query is not None else "", 100), user))
 
     def _sessions_closed(self, sessions: list) -> None:
         for session in sessions:
