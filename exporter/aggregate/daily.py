@@ -50,10 +50,13 @@ TOP_CONTENT_DEFAULT = 10
 STATE_VERSION = 1
 
 
-def status_is_5xx(extra: dict) -> bool:
-    """Read the status as the API metrics do (``status`` or seed 002's ``status_code``), so a report's
-    ``api_5xx`` and the dashboards' 5xx ratio count the same requests."""
-    return status_label(extra.get("status", extra.get("status_code")))[0] == "5"
+def count_5xx(extras: list) -> int:
+    """Requests answered 5xx, with the status read as the API metrics read it (``status`` or seed 002's
+    ``status_code``, through ``status_label``), so a report's ``api_5xx`` and the dashboards' 5xx ratio count
+    the same requests. Each distinct stored status is judged once."""
+    statuses = [extra.get("status", extra.get("status_code")) for extra in extras]
+    return sum(n for (status, _), n in Counter(zip(statuses, map(type, statuses))).items()
+               if status_label(status)[0] == "5")
 
 
 class DayBoundaries:
@@ -250,9 +253,8 @@ class DailyFolder:
             self._titles.update((item, title[:200]) for item, title in titled.items())
         day.failed_logins += types.count("LOGIN_FAILED")
         api_extras = list(compress(extras, map(API_EVENT_TYPES.__contains__, types)))
-        if api_extras:  # the parser shares one dict per distinct extra_data: judge each one once
-            by_id = dict(zip(map(id, api_extras), api_extras))
-            day.api_5xx += sum(n for key, n in Counter(map(id, api_extras)).items() if status_is_5xx(by_id[key]))
+        if api_extras:
+            day.api_5xx += count_5xx(api_extras)
 
     def _day(self, ordinal: int) -> _Day | None:
         """The rollup of report day ``ordinal``, made on first use; None for days past retention."""
