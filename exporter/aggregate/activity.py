@@ -13,13 +13,13 @@ import hashlib
 import heapq
 from bisect import bisect_left
 from collections import Counter, deque
-from itertools import compress
-from operator import itemgetter, methodcaller
+from itertools import compress, repeat
+from operator import floordiv, itemgetter, sub
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from exporter.aggregate.daycounts import DayCounts, WindowSums
-from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event, gather
+from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event, gather, split_by
 from exporter.aggregate.labels import LabelCap, clean
 from exporter.aggregate.sessions import Sessions
 from exporter.aggregate.timebuckets import LocalTime
@@ -29,8 +29,7 @@ SESSION_BUCKETS = (60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
 MAX_PENDING_SEARCHES_PER_USER = 100
 DAY = 86400
 _SPECIAL_TYPES = CONTENT_EVENT_TYPES | {"SEARCH", "SHELF_ADD", "SHELF_REMOVE"}
-_FORMAT, _SOURCE = methodcaller("get", "format"), methodcaller("get", "source")
-_second = itemgetter(1)
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def _bucket_label(bound: float) -> str:
@@ -172,16 +171,17 @@ class ActivityFolder:
         """Reads, downloads and sends: formats, discovery, books per day, books last read, titles."""
         types, extras, items, ts = pick(batch.event_types), pick(batch.extras), pick(batch.item_ids), pick(batch.ts)
         users = self.users.labels(pick(batch.user_ids), pick(batch.user_names))
-        formats = _labels_of(self._format_labels, list(map(_FORMAT, extras)), self._format)
+        # (a comprehension reads a key of each dict in half the time of ``map(methodcaller(...))``)
+        formats = _labels_of(self._format_labels, [extra.get("format") for extra in extras], self._format)
         self.format_events.update(zip(types, formats, users))  # counted straight into the counter, in C
-        for source, n in Counter(map(_SOURCE, compress(extras, map("EMAIL".__ne__, types)))).items():
+        sources = [extra.get("source") for extra in compress(extras, map("EMAIL".__ne__, types))]
+        for source, n in Counter(sources).items():
             self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
 
         quarters = pick(batch.quarters())
         day_of = {q: self.clock.day(q * 900) for q in set(quarters)}
         days = list(map(day_of.__getitem__, quarters))
-        for day in set(days):
-            on_day = items if len(day_of) == 1 else list(compress(items, map(day.__eq__, days)))
+        for day, (on_day,) in split_by(days, (items,)):
             on_day = [item for item in on_day if item is not None] if None in on_day else on_day
             self.day_book_counts.add_items(day, on_day)
             self.window_sums.late_items(day, on_day)  # counts only where a window already summed that day
@@ -227,25 +227,27 @@ class ActivityFolder:
             self.recent_searches.append((ts[i], clean(query if query is not None else "", 100), user))
 
     def _sessions_closed(self, sessions: list) -> None:
-        for session in sessions:
-            if session[2] > 1:  # a single event has no duration (seed 000: 'user has multiple events')
-                self._close_session(session)
-
-    def _close_session(self, session) -> None:
-        start, last, _ = session
-        duration = last - start
-        self.session_sum += duration
-        for i, bound in enumerate(SESSION_BUCKETS):
-            if duration <= bound:
-                self.session_buckets[i] += 1
-                break
-        day = self.clock.day(start)
-        stats = self.day_sessions.get(day)
-        if stats is None:
-            self.day_sessions[day] = [duration, 1]
-        else:
-            stats[0] += duration
-            stats[1] += 1
+        """Closed sessions of two or more events (a single event has no duration, seed 000: 'user has
+        multiple events') into the histogram and their start day's sums, a column at a time."""
+        multi = [session for session in sessions if session[2] > 1]
+        if not multi:
+            return
+        starts = list(map(_first, multi))
+        durations = list(map(sub, map(_second, multi), starts))
+        self.session_sum += sum(durations)
+        for bucket, n in Counter(map(bisect_left, repeat(SESSION_BUCKETS), durations)).items():
+            self.session_buckets[bucket] += n  # the first bound >= duration: le semantics
+        quarters = list(map(floordiv, starts, repeat(900)))  # zone offsets are whole quarters
+        day_of = {quarter: self.clock.day(quarter * 900) for quarter in set(quarters)}
+        days = list(map(day_of.__getitem__, quarters))
+        for day in set(days):
+            on_day = durations if len(day_of) == 1 else list(compress(durations, map(day.__eq__, days)))
+            stats = self.day_sessions.get(day)
+            if stats is None:
+                self.day_sessions[day] = [sum(on_day), len(on_day)]
+            else:
+                stats[0] += sum(on_day)
+                stats[1] += len(on_day)
 
     def _search_success(self, key, ts: float) -> None:
         """A search succeeds when the same user reads, downloads or sends within the window after it."""

@@ -41,7 +41,7 @@ from exporter.aggregate.api import status_label
 from exporter.aggregate.daycounts import FrozenCounts
 from exporter.aggregate.sessions import Sessions
 from exporter.aggregate.timebuckets import LocalTime
-from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event
+from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event, split_by
 
 _first = itemgetter(0)
 LOGIN_TYPES = frozenset({"LOGIN", "LOGOUT", "LOGIN_FAILED"})
@@ -199,8 +199,8 @@ class DailyFolder:
         """Fold an ``exporter.aggregate.events.Batch`` a column at a time under one lock acquisition.
 
         Report day and half-hour slot are looked up once per distinct quarter hour (or minute, for a start
-        time off the quarter), and each day's rows are picked out with ``compress`` and counted into its sets
-        and ``Counter`` at C speed. Sessions come from the ``Sessions`` tracker (``_sessions_closed``)."""
+        time off the quarter), and each day's rows (a slice, as rows come in time order: ``split_by``) are
+        counted into its sets and ``Counter`` at C speed. Sessions come from the ``Sessions`` tracker (``_sessions_closed``)."""
         if not len(batch):
             return
         size = self.bounds.unit
@@ -223,15 +223,9 @@ class DailyFolder:
                     day.events += n
                     day.slots[slot] += n
             columns = (keys, batch.event_types, batch.item_ids, batch.item_titles, batch.extras)
-            on_days = set(ordinals)
-            for ordinal in on_days:
-                if ordinal < oldest:
-                    continue
-                if len(on_days) > 1:
-                    mask = list(map(ordinal.__eq__, ordinals))
-                    self._fold_day(days[ordinal], *(list(compress(column, mask)) for column in columns))
-                else:
-                    self._fold_day(days[ordinal], *columns)
+            for ordinal, on_day in split_by(ordinals, columns):
+                if ordinal >= oldest:
+                    self._fold_day(days[ordinal], *on_day)
             self._freeze_before(max(ordinals) - 1)  # rows come roughly in time order
 
     def _fold_day(self, day: _Day, keys, types, items, titles, extras) -> None:
@@ -264,16 +258,21 @@ class DailyFolder:
         return day
 
     def _sessions_closed(self, sessions: list) -> None:
-        """Each closed session of two or more events counts on the report day it started."""
+        """Each closed session of two or more events counts on the report day it started (looked up once per
+        distinct quarter hour or minute, like the rows)."""
+        multi = [session for session in sessions if session[2] > 1]
+        if not multi:
+            return
+        size = self.bounds.unit
+        starts = list(map(_first, multi))
+        units = list(map(floordiv, starts, repeat(size)))
+        place = self.bounds.places(set(units), size)
         with self._lock:
-            for start, last, count in sessions:
-                if count < 2:
-                    continue
-                day = self._day(self.bounds.day_of(start))
-                if day is None:
-                    continue
-                day.session_sum += last - start
-                day.session_n += 1
+            for unit, (start, last, _) in zip(units, multi):
+                day = self._day(place[unit][0])
+                if day is not None:
+                    day.session_sum += last - start
+                    day.session_n += 1
 
     def advance(self, now: float) -> None:
         """Close sessions idle longer than ``session_gap``; drop days older than ``report_retention_days``."""

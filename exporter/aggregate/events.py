@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import calendar
 import json
+from bisect import bisect_left, bisect_right
 from collections import Counter
-from itertools import repeat
-from operator import floordiv, itemgetter, methodcaller
+from itertools import compress, repeat
+from operator import floordiv, itemgetter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -209,11 +210,10 @@ class Batch:
                    self.item_titles, self.extras)
 
 
-_DEVICE = methodcaller("get", "device_type")
 _COUNTS = {
     "quarters": lambda batch: Counter(batch.quarters()),
     "type_users": lambda batch: Counter(zip(batch.event_types, batch.user_ids, batch.user_names)),
-    "devices": lambda batch: Counter(map(_DEVICE, batch.extras)),
+    "devices": lambda batch: Counter([extra.get("device_type") for extra in batch.extras]),
 }
 
 
@@ -342,6 +342,23 @@ def gather(indices):
     if len(indices) > 1:
         return itemgetter(*indices)
     return lambda column: tuple(column[i] for i in indices)
+
+
+def split_by(values, columns: tuple):
+    """Yields ``(value, columns of the rows with that value)`` for each distinct value of ``values`` (one per
+    row, such as its day). Rows come in time order, so a day's rows are usually one run: taken as slices,
+    not picked out with a pass over every row per value."""
+    distinct = set(values)
+    if len(distinct) == 1:
+        yield values[0], columns
+    elif sorted(values) == list(values):  # (timsort checks a sorted list in one pass)
+        for value in sorted(distinct):
+            start, end = bisect_left(values, value), bisect_right(values, value)
+            yield value, tuple(column[start:end] for column in columns)
+    else:
+        for value in distinct:
+            mask = list(map(value.__eq__, values))
+            yield value, tuple(list(compress(column, mask)) for column in columns)
 
 
 def _text(value) -> str:
