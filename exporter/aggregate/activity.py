@@ -188,7 +188,10 @@ class ActivityFolder:
         self.day_book_counts.freeze_before(max(days) - 1)  # rows come roughly in time order
 
         reads = list(map("READ".__eq__, types))
-        latest = dict(sorted(zip(compress(items, reads), compress(ts, reads)), key=_second))  # time order: last is latest
+        read_items, read_ts = list(compress(items, reads)), list(compress(ts, reads))
+        pairs = zip(read_items, read_ts) if sorted(read_ts) == read_ts else \
+            sorted(zip(read_items, read_ts), key=_second)  # rows come in time order, but for late commits
+        latest = dict(pairs)  # the last time of each book is its latest
         latest.pop(None, None)
         book_read = self.book_last_read
         for item, t in latest.items():

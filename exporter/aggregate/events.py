@@ -167,8 +167,11 @@ class Batch:
         """Who did each row, for distinct counts and sessions: the user id, else ``"n:" + name``, else None
         (the prefix keeps user 5 and a user named "5" apart). Computed once, shared by the aggregators."""
         if self._keys is None:
-            self._keys = [uid if uid is not None else (("n:" + name) if name else None)
-                          for uid, name in zip(self.user_ids, self.user_names)]
+            if None not in self.user_ids:  # the usual case: every row has a user id
+                self._keys = self.user_ids
+            else:
+                self._keys = [uid if uid is not None else (("n:" + name) if name else None)
+                              for uid, name in zip(self.user_ids, self.user_names)]
         return self._keys
 
     def quarters(self) -> list:
@@ -227,19 +230,29 @@ class BatchParser:
         self.health = health
         self._extras: dict = {}  # raw extra_data -> (dict, notes)
         self._types: dict = {}  # raw event_type -> (normalised or None, notes)
+        self._plain_extras: dict = {}  # raw extra_data without problems -> its dict
+        self._plain_types: dict = {}  # raw event_type without problems -> the normalised type
         self._names: dict = {}  # raw user name -> the one str object used for it
         self._titles: dict = {}  # raw item title -> the one str object used for it
         self._long: set = set()  # texts from those two longer than MAX_TEXT
 
     def _extra(self, raw):
-        notes: list = []
-        parsed = (parse_extra(raw, notes), tuple(sorted(set(notes))))
-        if len(self._extras) >= self.CACHE_LIMIT:
-            self._extras.clear()
-        self._extras[raw] = parsed
+        parsed = self._extras.get(raw)
+        if parsed is None:
+            notes: list = []
+            parsed = (parse_extra(raw, notes), tuple(sorted(set(notes))))
+            if len(self._extras) >= self.CACHE_LIMIT:
+                self._extras.clear()
+                self._plain_extras.clear()
+            self._extras[raw] = parsed
+            if not parsed[1]:
+                self._plain_extras[raw] = parsed[0]
         return parsed
 
     def _type(self, raw):
+        kind = self._types.get(raw)
+        if kind is not None:
+            return kind
         whole = _text(raw) if raw is not None else ""
         if not whole.strip():
             return None, ("missing_event_type",)
@@ -249,7 +262,22 @@ class BatchParser:
             notes += ("unknown_event_type",)
         if len(self._types) < 10_000:
             self._types[raw] = (text, notes)
+            if not notes:
+                self._plain_types[raw] = text
         return text, notes
+
+    @staticmethod
+    def _lookup(column, plain: dict, read) -> tuple[list, dict]:
+        """Values of a column through ``plain`` (one C pass); the rest through ``read`` (cached, so per row
+        only for values with problems). Returns the values and {row: problems} of the rows that have any."""
+        values = list(map(plain.get, column))
+        noted: dict = {}
+        if None in values:
+            for i in [i for i, v in enumerate(values) if v is None]:
+                values[i], notes = read(column[i])
+                if notes:
+                    noted[i] = notes
+        return values, noted
 
     def _texts(self, cache: dict, column) -> list:
         """A text column as shared str objects (or None), through ``cache``: each distinct raw value (str, or
@@ -279,15 +307,8 @@ class BatchParser:
             ts = list(raw_ts)
         else:
             ts = [t if type(t) in _NUMBER else parse_timestamp(t) for t in raw_ts]
-        kinds = list(map(self._types.get, raw_types))
-        if None in kinds:
-            for i in [i for i, k in enumerate(kinds) if k is None]:
-                kinds[i] = self._type(raw_types[i])
-        parsed = list(map(self._extras.get, raw_extras))
-        if None in parsed:
-            for i in [i for i, x in enumerate(parsed) if x is None]:
-                parsed[i] = self._extra(raw_extras[i])
-        types = list(map(_first, kinds))
+        types, type_notes = self._lookup(raw_types, self._plain_types, self._type)
+        extras, extra_notes = self._lookup(raw_extras, self._plain_extras, self._extra)
         health = self.health
         skipped = {i for i, t in enumerate(ts) if t is None} if None in ts else set()
         health.malformed(TABLE, "bad_timestamp", len(skipped)) if skipped else None
@@ -301,23 +322,18 @@ class BatchParser:
         for column in (user_names, item_titles):
             if long and not long.isdisjoint(column):
                 oversized.update(i for i, v in enumerate(column) if v in long)
-        # Problems belong to distinct raw values, which repeat: count rows per value at C speed.
         reasons: Counter = Counter()
-        for raw_column, parsed_column in ((raw_types, kinds), (raw_extras, parsed)):
-            if not any(map(_second, parsed_column)):
-                continue  # the usual case, checked at C speed
-            noted = {raw: result[1] for raw, result in dict(zip(raw_column, parsed_column)).items() if result[1]}
-            if not noted:
-                continue
-            for i in [i for i, raw in enumerate(raw_column) if raw in noted and i not in skipped]:
-                for reason in noted[raw_column[i]]:
+        for noted in (type_notes, extra_notes):
+            for i, notes in noted.items():
+                if i in skipped:
+                    continue
+                for reason in notes:
                     if reason == "oversized_value":
                         oversized.add(i)
                     else:
                         reasons[reason] += 1
         for reason, n in reasons.items():
             health.malformed(TABLE, reason, n)
-        extras = list(map(_first, parsed))
         oversized -= skipped
         if oversized:
             health.malformed(TABLE, "oversized_value", len(oversized))
@@ -371,7 +387,5 @@ def _text(value) -> str:
     return str(value)
 
 
-_first = itemgetter(0)
-_second = itemgetter(1)
 _INT_OR_NONE = {int, type(None)}
 _NUMBER = {int, float}
