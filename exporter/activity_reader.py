@@ -3,7 +3,8 @@
 Reading and parsing a row costs about as much as folding it, and a refresh is one Python thread. For a big
 backlog (a cold start on years of history, catching up after downtime) ``HelperReader`` runs the reading and
 parsing in a second process, which works on the next chunk while this one folds the last: the two halves of
-the work run on two cores. Parsed chunks travel pickled (a fifth of the cost of parsing them: the parser
+the work run on two cores. The helper also walks the rows into per-user sessions (from the open sessions the
+refresher sends with each request) and sends what each chunk closed. Parsed chunks travel pickled (a fifth of the cost of parsing them: the parser
 shares one object per distinct name, type and ``extra_data``, which pickle sends once per chunk).
 
 Only where ids commit in order (SQLite): on PostgreSQL the refresher's gap-holding cursor decides row by row
@@ -24,6 +25,7 @@ import sys
 from exporter import db
 from exporter.aggregate.events import EVENT_COLUMNS, TABLE, Batch, BatchParser
 from exporter.aggregate.health import Health
+from exporter.aggregate.sessions import Sessions
 
 try:
     import fcntl
@@ -104,19 +106,22 @@ class HelperReader:
         self.chunk_size = chunk_size
         self._process: subprocess.Popen | None = None
 
-    def batches(self, after: int):
+    def batches(self, after: int, sessions: Sessions):
         """Yields ``(rows read, last id read, Batch, {(table, reason): n malformed})`` per chunk of rows with
-        ``id > after``. Raises ``HelperDatabaseError`` for database errors and ``HelperFailed`` when the helper
+        ``id > after``. The helper walks the rows into sessions starting from ``sessions`` (open ones, gap);
+        each batch carries what its rows changed (``Batch.sessions``, applied with ``Sessions.apply``). Raises ``HelperDatabaseError`` for database errors and ``HelperFailed`` when the helper
         is gone; a consumer that stops early (an exception while folding) also ends the helper."""
         finished = False
         try:
             self._start()
-            _send(self._process.stdin, ("read", after))
+            _send(self._process.stdin, ("read", after, sessions.gap, sessions.state()))
             while True:
                 message = _receive(self._process.stdout)
                 if message[0] == "batch":
-                    _, n, last_id, columns, counts, malformed = message
-                    yield n, last_id, Batch(*columns, counts=counts), malformed
+                    _, n, last_id, columns, counts, walked, malformed = message
+                    batch = Batch(*columns, counts=counts)
+                    batch.sessions = walked
+                    yield n, last_id, batch, malformed
                 elif message[0] == "done":
                     finished = True
                     return
@@ -182,8 +187,9 @@ def _receive(stream):
 
 
 def _serve(requests, replies, activity_db: str, chunk_size: int) -> None:
-    """The helper process: answers each ``("read", after)`` with parsed chunks, then ``("done",)``. Opens the
-    file anew for each request (a replaced database is noticed); leaves after ``IDLE_EXIT_SECONDS`` unused."""
+    """The helper process: answers each ``("read", after, session gap, open sessions)`` with parsed chunks,
+    then ``("done",)``. Opens the file anew for each request (a replaced database is noticed); leaves after
+    ``IDLE_EXIT_SECONDS`` unused."""
     gc.disable()  # only caches live here; nothing cyclic
     health = Health()
     parser = BatchParser(health)
@@ -197,15 +203,19 @@ def _serve(requests, replies, activity_db: str, chunk_size: int) -> None:
             return
         if request[0] != "read":
             return
+        _, after, gap, open_sessions = request
+        sessions = Sessions(gap)
+        sessions.load_state(open_sessions)
         try:
             conn = db.sqlite_readonly(activity_db)
             try:
-                for rows in chunks(conn, query, request[1], chunk_size):
+                for rows in chunks(conn, query, after, chunk_size):
                     batch = parser.parse(rows)
                     malformed = dict(health.malformed_rows)
                     health.malformed_rows.clear()
                     counts = batch.count_all()  # here, so the folding process has less to do
-                    _send(replies, ("batch", len(rows), rows[-1][0], batch.columns(), counts, malformed))
+                    walked = sessions.walk(batch.user_keys(), batch.ts)
+                    _send(replies, ("batch", len(rows), rows[-1][0], batch.columns(), counts, walked, malformed))
             finally:
                 conn.close()
             _send(replies, ("done",))

@@ -183,7 +183,7 @@ class Refresher:
 
     def _read_with_helper(self) -> int:
         total = 0
-        for n, last_id, batch, malformed in self._helper.batches(self.cursor.safe):
+        for n, last_id, batch, malformed in self._helper.batches(self.cursor.safe, self.sessions):
             self.cursor.mark_many([last_id])
             self._fold(batch)
             self.health.ingested(TABLE, n)
@@ -193,7 +193,10 @@ class Refresher:
         return total
 
     def _fold(self, batch) -> None:
-        self.sessions.fold(batch.user_keys(), batch.ts)
+        if batch.sessions is not None:  # walked by the helper process
+            self.sessions.apply(batch.sessions)
+        else:
+            self.sessions.fold(batch.user_keys(), batch.ts)
         for folder in self.folders:
             fold_batch = getattr(folder, "fold_batch", None)
             if fold_batch is not None:

@@ -140,7 +140,7 @@ class Batch:
     instead of handling one ``Event`` at a time. ``extras`` dicts may be shared between rows: read-only."""
 
     __slots__ = ("ids", "ts", "user_ids", "user_names", "event_types", "item_ids", "item_titles", "extras", "_keys",
-                 "_quarters", "counts")
+                 "_quarters", "counts", "sessions")
 
     def __init__(self, ids, ts, user_ids, user_names, event_types, item_ids, item_titles, extras, counts=None):
         self.ids = ids
@@ -154,6 +154,7 @@ class Batch:
         self._keys = None
         self._quarters = None
         self.counts: dict = counts if counts is not None else {}  # name -> Counter, see ``count_all``
+        self.sessions = None  # the helper's ``Sessions.walk`` over these rows, when it walked them
 
     def __len__(self) -> int:
         return len(self.ids)

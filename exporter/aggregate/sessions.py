@@ -45,6 +45,19 @@ class Sessions:
         self._tell(closed)
         return closed
 
+    def walk(self, keys: list, ts: list) -> tuple[list, dict]:
+        """``fold`` a chunk elsewhere (the helper process): returns what ``apply`` needs to repeat its effect,
+        the sessions it closed and the open sessions of the users in it."""
+        closed = self.fold(keys, ts)
+        return closed, {key: self.open[key] for key in set(keys) if key is not None}
+
+    def apply(self, walked: tuple[list, dict]) -> None:
+        """Take over the result of a ``walk`` over the next chunk: the same state and closed sessions as
+        folding it here. (A fold only adds or replaces the open sessions of the users in the chunk.)"""
+        closed, touched = walked
+        self.open.update(touched)
+        self._tell(closed)
+
     def close_idle(self, now: float) -> list:
         """Close (and return) the sessions whose last event is more than ``gap`` before ``now``."""
         idle = [key for key, s in self.open.items() if now - s[1] > self.gap]
