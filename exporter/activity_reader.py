@@ -226,5 +226,13 @@ def _serve(requests, replies, activity_db: str, chunk_size: int) -> None:
             _send(replies, ("error", str(e).splitlines()[0][:200] if str(e) else type(e).__name__))
 
 
+def _main() -> None:
+    """Replies go through a private copy of stdout; file descriptor 1 then points at stderr, so that
+    anything else that prints (a library, a profiler) cannot corrupt the stream of messages."""
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    _serve(sys.stdin.buffer, replies, sys.argv[1], int(sys.argv[2]))
+
+
 if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer, sys.argv[1], int(sys.argv[2]))
+    _main()
