@@ -19,7 +19,7 @@ from operator import floordiv, itemgetter, sub
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from exporter.aggregate.daycounts import DayCounts, WindowSums
-from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event, gather, split_by
+from exporter.aggregate.events import CONTENT_EVENT_TYPES, STANDARD_EVENT_TYPES, Batch, Event, gather, merge_runs
 from exporter.aggregate.labels import LabelCap, clean
 from exporter.aggregate.sessions import Sessions
 from exporter.aggregate.timebuckets import LocalTime
@@ -157,7 +157,7 @@ class ActivityFolder:
             return
         content = [i for i in special if types[i] in CONTENT_EVENT_TYPES]
         if content:
-            self._fold_content(batch, gather(content))
+            self._fold_content(batch, content)
         searches = [i for i in special if types[i] == "SEARCH"]
         if searches or (content and self.pending_searches):  # a read may answer a search of an earlier chunk
             self._searches(batch, sorted(searches + content), searches)
@@ -167,8 +167,10 @@ class ActivityFolder:
             shelf = self.shelves(clean(shelf, 64) if shelf else "unknown")
             self.shelf_changes[(shelf, "add" if etype == "SHELF_ADD" else "remove")] += n
 
-    def _fold_content(self, batch: Batch, pick) -> None:
-        """Reads, downloads and sends: formats, discovery, books per day, books last read, titles."""
+    def _fold_content(self, batch: Batch, content: list) -> None:
+        """Reads, downloads and sends (rows ``content``): formats, discovery, books per day, books last read,
+        titles."""
+        pick = gather(content)
         types, extras, items, ts = pick(batch.event_types), pick(batch.extras), pick(batch.item_ids), pick(batch.ts)
         users = self.users.labels(pick(batch.user_ids), pick(batch.user_names))
         # (a comprehension reads a key of each dict in half the time of ``map(methodcaller(...))``)
@@ -178,14 +180,19 @@ class ActivityFolder:
         for source, n in Counter(sources).items():
             self.discovery[self.sources(clean(source, 32).lower() if source else "unknown")] += n
 
-        quarters = pick(batch.quarters())
-        day_of = {q: self.clock.day(q * 900) for q in set(quarters)}
-        days = list(map(day_of.__getitem__, quarters))
-        for day, (on_day,) in split_by(days, (items,)):
+        runs = batch.runs()
+        day_of = {quarter: self.clock.day(quarter * 900) for quarter, _, _ in runs}
+        last_day = None
+        for day, start, end in merge_runs(runs, day_of):  # the content rows of each day's range of rows
+            first, stop = bisect_left(content, start), bisect_left(content, end)
+            if first == stop:
+                continue
+            on_day = items[first:stop]
             on_day = [item for item in on_day if item is not None] if None in on_day else on_day
             self.day_book_counts.add_items(day, on_day)
             self.window_sums.late_items(day, on_day)  # counts only where a window already summed that day
-        self.day_book_counts.freeze_before(max(days) - 1)  # rows come roughly in time order
+            last_day = day if last_day is None else max(last_day, day)
+        self.day_book_counts.freeze_before(last_day - 1)  # rows come roughly in time order
 
         reads = list(map("READ".__eq__, types))
         read_items, read_ts = list(compress(items, reads)), list(compress(ts, reads))

@@ -121,9 +121,11 @@ class ApiFolder:
         by_id = dict(zip(map(id, extras), extras))
         for (event_type, extra_id), n in Counter(zip(types, map(id, extras))).items():
             self._fold_group(event_type, by_id[extra_id], n)
-        for quarter, n in Counter(compress(batch.quarters(), is_api)).items():  # offsets are whole quarters
-            weekday, hour = self.clock.weekday_hour(quarter * 900)
-            self.by_hour[(str(weekday), str(hour))] += n
+        for quarter, start, end in batch.runs():  # offsets are whole quarters
+            n = is_api[start:end].count(True)
+            if n:
+                weekday, hour = self.clock.weekday_hour(quarter * 900)
+                self.by_hour[(str(weekday), str(hour))] += n
 
     def _fold_group(self, event_type: str, extra: dict, n: int) -> None:
         raw_endpoint = extra.get("endpoint") or extra.get("path")

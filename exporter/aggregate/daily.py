@@ -41,7 +41,7 @@ from exporter.aggregate.api import status_label
 from exporter.aggregate.daycounts import FrozenCounts
 from exporter.aggregate.sessions import Sessions
 from exporter.aggregate.timebuckets import LocalTime
-from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event, split_by
+from exporter.aggregate.events import API_EVENT_TYPES, CONTENT_EVENT_TYPES, Batch, Event, merge_runs
 
 _first = itemgetter(0)
 LOGIN_TYPES = frozenset({"LOGIN", "LOGOUT", "LOGIN_FAILED"})
@@ -198,35 +198,35 @@ class DailyFolder:
     def fold_batch(self, batch) -> None:
         """Fold an ``exporter.aggregate.events.Batch`` a column at a time under one lock acquisition.
 
-        Report day and half-hour slot are looked up once per distinct quarter hour (or minute, for a start
-        time off the quarter), and each day's rows (a slice, as rows come in time order: ``split_by``) are
-        counted into its sets and ``Counter`` at C speed. Sessions come from the ``Sessions`` tracker (``_sessions_closed``)."""
+        Report day and half-hour slot are looked up once per run of rows in one quarter hour (or minute, for
+        a start time off the quarter: ``Batch.runs``), and each day's rows, a slice as rows come in time
+        order, are counted into its sets and ``Counter`` at C speed. Sessions come from the ``Sessions``
+        tracker (``_sessions_closed``)."""
         if not len(batch):
             return
         size = self.bounds.unit
-        units = batch.quarters() if size == 900 else list(map(floordiv, batch.ts, repeat(60)))
-        unit_counts = batch.quarter_counts() if size == 900 else Counter(units)
-        place = self.bounds.places(unit_counts, size)
-        day_of = {unit: p[0] for unit, p in place.items()}
-        ordinals = list(map(day_of.__getitem__, units))
+        runs = batch.runs(size)
+        place = self.bounds.places({unit for unit, _, _ in runs}, size)
         keys = batch.user_keys()
         with self._lock:
             days, oldest = self._days, self._oldest_kept
-            for ordinal in set(day_of.values()):
+            for ordinal, _ in place.values():
                 self._day(ordinal)
             if self._drives_sessions:
                 self.sessions.fold(keys, batch.ts)
-            for unit, n in unit_counts.items():
+            for unit, start, end in runs:
                 ordinal, slot = place[unit]
                 if ordinal >= oldest:  # rows for days past retention count nowhere
                     day = days[ordinal]
-                    day.events += n
-                    day.slots[slot] += n
+                    day.events += end - start
+                    day.slots[slot] += end - start
             columns = (keys, batch.event_types, batch.item_ids, batch.item_titles, batch.extras)
-            for ordinal, on_day in split_by(ordinals, columns):
+            ranges = merge_runs(runs, {unit: p[0] for unit, p in place.items()})
+            for ordinal, start, end in ranges:
                 if ordinal >= oldest:
+                    on_day = columns if len(ranges) == 1 else [column[start:end] for column in columns]
                     self._fold_day(days[ordinal], *on_day)
-            self._freeze_before(max(ordinals) - 1)  # rows come roughly in time order
+            self._freeze_before(max(ordinal for ordinal, _, _ in ranges) - 1)  # rows come roughly in time order
 
     def _fold_day(self, day: _Day, keys, types, items, titles, extras) -> None:
         day.users.update(keys)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import calendar
 import json
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections import Counter
-from itertools import compress, repeat
+from itertools import groupby, repeat
 from operator import floordiv, itemgetter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -140,7 +140,7 @@ class Batch:
     instead of handling one ``Event`` at a time. ``extras`` dicts may be shared between rows: read-only."""
 
     __slots__ = ("ids", "ts", "user_ids", "user_names", "event_types", "item_ids", "item_titles", "extras", "_keys",
-                 "_quarters", "counts", "sessions")
+                 "_runs", "counts", "sessions")
 
     def __init__(self, ids, ts, user_ids, user_names, event_types, item_ids, item_titles, extras, counts=None):
         self.ids = ids
@@ -152,7 +152,7 @@ class Batch:
         self.item_titles = item_titles
         self.extras = extras
         self._keys = None
-        self._quarters = None
+        self._runs: dict = {}  # unit size -> runs, see ``runs``
         self.counts: dict = counts if counts is not None else {}  # name -> Counter, see ``count_ahead``
         self.sessions = None  # the helper's ``Sessions.walk`` over these rows, when it walked them
 
@@ -175,17 +175,25 @@ class Batch:
                               for uid, name in zip(self.user_ids, self.user_names)]
         return self._keys
 
-    def quarters(self) -> list:
-        """The UTC quarter hour of each row (``ts // 900``). Every zone's offset, DST change and (whole
-        quarter) report start falls on one, so local hours, days and half-hour slots are looked up once per
-        distinct quarter instead of once per row. Computed once, shared by the aggregators."""
-        if self._quarters is None:
-            self._quarters = list(map(floordiv, self.ts, repeat(900)))
-        return self._quarters
+    def runs(self, size: int = 900) -> list:
+        """``(unit, first row, end row)`` for each run of consecutive rows in the same UTC unit ``ts // size``
+        (a quarter hour unless said), in row order. Every zone's offset, DST change and (whole quarter) report
+        start falls on a quarter, so local hours, days and half-hour slots are looked up once per run, and a
+        day's rows are a few slices. Rows come in time order, so a chunk has few runs: they are found by
+        bisection, not by a pass over the rows (which only a chunk with late rows needs)."""
+        runs = self._runs.get(size)
+        if runs is None:
+            runs = self._runs[size] = _runs(self.ts, size)
+        return runs
 
     def quarter_counts(self) -> Counter:
-        """Rows per quarter hour, in order of first appearance (shared: hour-of-week and report slots)."""
-        return self._count("quarters")
+        """Rows per quarter hour (shared: hour-of-week and report slots)."""
+        counts = self.counts.get("quarters")
+        if counts is None:
+            counts = self.counts["quarters"] = Counter()
+            for quarter, start, end in self.runs():
+                counts[quarter] += end - start
+        return counts
 
     def type_user_counts(self) -> Counter:
         """Rows per (event type, user id, user name), in order of first appearance."""
@@ -215,8 +223,38 @@ class Batch:
                    self.item_titles, self.extras)
 
 
+def _runs(ts: list, size: int) -> list:
+    runs = []
+    if sorted(ts) == ts:  # (timsort checks a sorted list in one pass)
+        start, n = 0, len(ts)
+        while start < n:
+            unit = ts[start] // size
+            end = bisect_left(ts, (unit + 1) * size, start)
+            runs.append((unit, start, end))
+            start = end
+    else:
+        start = 0
+        for unit, rows in groupby(map(floordiv, ts, repeat(size))):
+            end = start + len(list(rows))
+            runs.append((unit, start, end))
+            start = end
+    return runs
+
+
+def merge_runs(runs: list, key_of: dict) -> list:
+    """``(key, first row, end row)``: consecutive ``runs`` whose units have the same ``key_of[unit]`` (a day,
+    say) joined into one range of rows."""
+    ranges: list = []
+    for unit, start, end in runs:
+        key = key_of[unit]
+        if ranges and ranges[-1][0] == key:
+            ranges[-1] = (key, ranges[-1][1], end)
+        else:
+            ranges.append((key, start, end))
+    return ranges
+
+
 _COUNTS = {
-    "quarters": lambda batch: Counter(batch.quarters()),
     "type_users": lambda batch: Counter(zip(batch.event_types, batch.user_ids, batch.user_names)),
     "devices": lambda batch: Counter([extra.get("device_type") for extra in batch.extras]),
 }
@@ -360,23 +398,6 @@ def gather(indices):
     if len(indices) > 1:
         return itemgetter(*indices)
     return lambda column: tuple(column[i] for i in indices)
-
-
-def split_by(values, columns: tuple):
-    """Yields ``(value, columns of the rows with that value)`` for each distinct value of ``values`` (one per
-    row, such as its day). Rows come in time order, so a day's rows are usually one run: taken as slices,
-    not picked out with a pass over every row per value."""
-    distinct = set(values)
-    if len(distinct) == 1:
-        yield values[0], columns
-    elif sorted(values) == list(values):  # (timsort checks a sorted list in one pass)
-        for value in sorted(distinct):
-            start, end = bisect_left(values, value), bisect_right(values, value)
-            yield value, tuple(column[start:end] for column in columns)
-    else:
-        for value in distinct:
-            mask = list(map(value.__eq__, values))
-            yield value, tuple(list(compress(column, mask)) for column in columns)
 
 
 def _text(value) -> str:
