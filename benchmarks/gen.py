@@ -20,11 +20,13 @@ def _case(expr: str, values: list[str]) -> str:
 
 
 def generate(path: str, rows: int, days: int = 365, users: int = 200, books: int = 20000, now: float | None = None,
-             first_id: int = 1) -> None:
+             first_id: int = 1, unique_durations: bool = False) -> None:
     """Append ``rows`` events spread over ``days`` days ending at ``now`` (ids from ``first_id``).
 
     Users act in bursts (12 consecutive events from one user, as in a reading session); books follow a
-    skewed popularity; every row carries CWA-style JSON ``extra_data``."""
+    skewed popularity; every row carries CWA-style JSON ``extra_data``. API calls take 5-404 whole ms, or
+    with ``unique_durations`` a duration in µs precision as the shim records it, which makes nearly every API
+    row's ``extra_data`` a text of its own."""
     now = time.time() if now is None else now
     if first_id == 1 and os.path.exists(path):
         os.remove(path)
@@ -41,6 +43,7 @@ def generate(path: str, rows: int, days: int = 365, users: int = 200, books: int
     fmt = _case("(x * 13) % 5", ["EPUB", "EPUB", "MOBI", "PDF", "AZW3"])
     source = _case("(x * 17) % 4", ["search", "series", "author", "direct"])
     device = _case("(x * 19) % 4", ["desktop", "mobile", "tablet", "ereader"])
+    duration = "round(5 + ((x * 2654435761) % 400000) / 1000.0, 3)" if unique_durations else "5 + (x % 400)"
     conn.execute(f"""
         INSERT INTO cwa_user_activity (id, timestamp, user_id, user_name, event_type, item_id, item_title, extra_data)
         WITH RECURSIVE c(x) AS (SELECT {first_id} UNION ALL SELECT x + 1 FROM c WHERE x < {first_id + rows - 1}),
@@ -57,7 +60,7 @@ def generate(path: str, rows: int, days: int = 365, users: int = 200, books: int
                  WHEN et IN ('SHELF_ADD', 'SHELF_REMOVE') THEN json_object('shelf', 'Shelf ' || (x % 20))
                  WHEN et IN ('OPDS_ACCESS', 'KOBO_SYNC', 'API_CALL')
                    THEN json_object('endpoint', {endpoint}, 'method', 'GET', 'status', 200,
-                                    'duration_ms', 5 + (x % 400), 'device_type', 'ereader')
+                                    'duration_ms', {duration}, 'device_type', 'ereader')
                  ELSE json_object('device_type', {device})
                END
         FROM e""")

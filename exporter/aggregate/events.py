@@ -114,6 +114,8 @@ def parse_extra(raw, notes: list) -> dict:
             notes.append("invalid_extra_data")
             return {}
         if isinstance(value, dict):
+            if len(text) <= MAX_TEXT and _NESTED.isdisjoint(map(type, value.values())):
+                return value  # the usual case: no value nested, none longer than the whole text
             for key, item in list(value.items()):
                 if isinstance(item, str):
                     if len(item) > MAX_TEXT:
@@ -264,7 +266,11 @@ class BatchParser:
     """Parses chunks of rows into ``Batch`` columns, remembering recent ``extra_data`` strings and event types,
     which repeat a lot, so each distinct value is parsed (and its problems counted) once per occurrence."""
 
-    CACHE_LIMIT = 200_000
+    # Distinct values remembered, each cache emptied when full. extra_data repeats for reads and downloads,
+    # but the shim's API rows carry a duration each, so their texts never repeat: a large cache of them only
+    # costs memory (measured: 200,000 entries held ~200 MB).
+    EXTRAS_LIMIT = 10_000
+    TEXTS_LIMIT = 50_000
 
     def __init__(self, health):
         self.health = health
@@ -281,7 +287,7 @@ class BatchParser:
         if parsed is None:
             notes: list = []
             parsed = (parse_extra(raw, notes), tuple(sorted(set(notes))))
-            if len(self._extras) >= self.CACHE_LIMIT:
+            if len(self._extras) >= self.EXTRAS_LIMIT:
                 self._extras.clear()
                 self._plain_extras.clear()
             self._extras[raw] = parsed
@@ -325,7 +331,7 @@ class BatchParser:
         try:
             return list(map(cache.__getitem__, column))
         except KeyError:
-            if len(cache) > self.CACHE_LIMIT:  # _long belongs to both caches: start all three afresh
+            if len(cache) > self.TEXTS_LIMIT:  # _long belongs to both caches: start all three afresh
                 for values in (self._names, self._titles, self._long):
                     values.clear()
             cache[None] = None
@@ -411,4 +417,5 @@ def _text(value) -> str:
 
 
 _INT_OR_NONE = {int, type(None)}
+_NESTED = frozenset({dict, list})
 _NUMBER = {int, float}
