@@ -3,7 +3,7 @@
     python benchmarks/exporter.py                      # 1M and 10M rows
     python benchmarks/exporter.py --sizes 200000       # quick run
     python benchmarks/exporter.py --write              # also record the table in benchmarks/RESULTS.md
-    python benchmarks/exporter.py --unique-durations   # API rows as the shim writes them (a duration each)
+    python benchmarks/exporter.py --unique-durations   # API rows with µs durations: each extra_data unique
 
 Each size runs in its own process so peak RSS belongs to that size alone. The query-driven comparison runs
 seed 000's SQL for the User Activity tab (default view: last 30 days) per scrape, as exporters that query the
@@ -180,7 +180,7 @@ def main() -> int:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--unique-durations", action="store_true",
-                        help="API rows with a duration each, as the shim writes them (their extra_data never repeats)")
+                        help="API rows with µs durations (their extra_data never repeats)")
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="exporter-bench-")
     if args.one:
@@ -198,7 +198,7 @@ def main() -> int:
     print(text)
     if args.write:
         machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
-        heading = "## Exporter, shim-written API rows" if args.unique_durations else "## Exporter"
+        heading = "## Exporter, API rows with unique durations" if args.unique_durations else "## Exporter"
         flag = " --unique-durations" if args.unique_durations else ""
         section = (f"{heading}\n\nCommand: `python benchmarks/exporter.py --sizes {args.sizes}{flag} --write`  \n"
                    f"Machine: {machine}, {time.strftime('%Y-%m-%d')}\n\n{text}\n")

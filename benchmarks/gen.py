@@ -24,9 +24,9 @@ def generate(path: str, rows: int, days: int = 365, users: int = 200, books: int
     """Append ``rows`` events spread over ``days`` days ending at ``now`` (ids from ``first_id``).
 
     Users act in bursts (12 consecutive events from one user, as in a reading session); books follow a
-    skewed popularity; every row carries CWA-style JSON ``extra_data``. API calls take 5-404 whole ms, or
-    with ``unique_durations`` a duration in µs precision as the shim records it, which makes nearly every API
-    row's ``extra_data`` a text of its own."""
+    skewed popularity; every row carries CWA-style JSON ``extra_data``. API calls take 5-404 whole ms (as the
+    shim stores them), or with ``unique_durations`` a duration in µs (as the shim stored it before 2026-12 and
+    other writers may), which makes nearly every API row's ``extra_data`` a text of its own."""
     now = time.time() if now is None else now
     if first_id == 1 and os.path.exists(path):
         os.remove(path)

@@ -108,7 +108,7 @@ class DemoWriter:
             status = 200 if rng.random() < 0.97 else rng.choice([304, 401, 404, 500])
             log(uid, name, event_type, extra_data={
                 "endpoint": rng.choice(endpoints), "method": "GET" if rng.random() < 0.9 else "POST",
-                "status": status, "duration_ms": round(rng.lognormvariate(3.3, 0.8), 2), "category": category,
+                "status": status, "duration_ms": round(rng.lognormvariate(3.3, 0.8)), "category": category,
             }, timestamp=ts, user_agent=USER_AGENTS["ereader" if category == "Kobo Sync" else "reader_app"])
         else:
             log(uid, name, kind, timestamp=ts, user_agent=agent)

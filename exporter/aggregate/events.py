@@ -266,10 +266,10 @@ class BatchParser:
     """Parses chunks of rows into ``Batch`` columns, remembering recent ``extra_data`` strings and event types,
     which repeat a lot, so each distinct value is parsed (and its problems counted) once per occurrence."""
 
-    # Distinct values remembered, each cache emptied when full. extra_data repeats for reads and downloads,
-    # but the shim's API rows carry a duration each, so their texts never repeat: a large cache of them only
-    # costs memory (measured: 200,000 entries held ~200 MB).
-    EXTRAS_LIMIT = 10_000
+    # Distinct values remembered, each cache emptied when full (about 1 KB an entry). extra_data repeats
+    # (the shim stores whole milliseconds), but a writer that stores finer durations makes each API row's
+    # text unique, and a large cache of those only costs memory (measured: 200,000 entries held ~200 MB).
+    EXTRAS_LIMIT = 20_000
     TEXTS_LIMIT = 50_000
 
     def __init__(self, health):

@@ -107,7 +107,9 @@ class FlaskActivity:
                 request.endpoint or "").endswith(".static"):
             return
         t0 = getattr(g, "_activity_t0", None)
-        duration_ms = round((time.perf_counter() - t0) * 1000.0, 3) if t0 is not None else None
+        # Whole milliseconds: finer digits would make every request's extra_data a text of its own, which the
+        # exporter then parses row by row (measured: half the ingest rate); the histogram starts at 5 ms.
+        duration_ms = round((time.perf_counter() - t0) * 1000.0) if t0 is not None else None
         user = None
         rule = self._api_rule(path)
         if rule is not None:
