@@ -13,6 +13,7 @@ database on every scrape do, on the same database in the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import os
@@ -119,6 +120,8 @@ def run_size(rows: int, workdir: str, unique_durations: bool = False) -> dict:
         if attempt:
             refresher.stop()
             del refresher
+            gc.unfreeze()  # the refresher froze its objects (gc.freeze); let the collector free the old ones
+            gc.collect()
         refresher = Refresher(config)
         started = time.perf_counter()
         assert refresher.refresh(), refresher.last_error
