@@ -4,8 +4,9 @@ Reading and parsing a row costs about as much as folding it, and a refresh is on
 backlog (a cold start on years of history, catching up after downtime) ``HelperReader`` runs the reading and
 parsing in a second process, which works on the next chunk while this one folds the last: the two halves of
 the work run on two cores. The helper also walks the rows into per-user sessions (from the open sessions the
-refresher sends with each request) and sends what each chunk closed. Parsed chunks travel pickled (a fifth of the cost of parsing them: the parser
-shares one object per distinct name, type and ``extra_data``, which pickle sends once per chunk).
+refresher sends with each request) and sends what each chunk closed. Parsed chunks travel pickled (a fifth of
+the cost of parsing them: the parser shares one object per distinct name, type and ``extra_data``, which
+pickle sends once per chunk).
 
 Only where ids commit in order (SQLite): on PostgreSQL the refresher's gap-holding cursor decides row by row
 which ids are new, so rows are read in this process.
@@ -109,8 +110,9 @@ class HelperReader:
     def batches(self, after: int, sessions: Sessions):
         """Yields ``(rows read, last id read, Batch, {(table, reason): n malformed})`` per chunk of rows with
         ``id > after``. The helper walks the rows into sessions starting from ``sessions`` (open ones, gap);
-        each batch carries what its rows changed (``Batch.sessions``, applied with ``Sessions.apply``). Raises ``HelperDatabaseError`` for database errors and ``HelperFailed`` when the helper
-        is gone; a consumer that stops early (an exception while folding) also ends the helper."""
+        each batch carries what its rows changed (``Batch.sessions``, applied with ``Sessions.apply``).
+        Raises ``HelperDatabaseError`` for database errors and ``HelperFailed`` when the helper is gone; a
+        consumer that stops early (an exception while folding) also ends the helper."""
         finished = False
         try:
             self._start()

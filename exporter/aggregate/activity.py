@@ -250,8 +250,9 @@ class ActivityFolder:
         quarters = list(map(floordiv, starts, repeat(900)))  # zone offsets are whole quarters
         day_of = {quarter: self.clock.day(quarter * 900) for quarter in set(quarters)}
         days = list(map(day_of.__getitem__, quarters))
-        for day in set(days):
-            on_day = durations if len(day_of) == 1 else list(compress(durations, map(day.__eq__, days)))
+        distinct = set(days)
+        for day in distinct:
+            on_day = durations if len(distinct) == 1 else list(compress(durations, map(day.__eq__, days)))
             stats = self.day_sessions.get(day)
             if stats is None:
                 self.day_sessions[day] = [sum(on_day), len(on_day)]

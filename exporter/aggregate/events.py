@@ -211,12 +211,11 @@ class Batch:
             counts = self.counts[name] = _COUNTS[name](self)
         return counts
 
-    def count_ahead(self, names=("type_users",)) -> dict:
+    def count_ahead(self) -> dict:
         """Per-chunk counts computed now: the helper process counts the (type, user) pairs before sending a
         batch, so the folding process receives them ready (small, and a pass over the rows each). Quarter
         and device counts stay with the folding process: that balances the two processes' work (measured)."""
-        for name in names:
-            self._count(name)
+        self._count("type_users")
         return self.counts
 
     def events(self):
