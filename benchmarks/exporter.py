@@ -115,11 +115,11 @@ def run_size(rows: int, workdir: str, unique_durations: bool = False) -> dict:
     generate(path, rows, now=now - 3600, unique_durations=unique_durations)
     generated = time.perf_counter() - started
     config = config_mod.load(overrides={"activity_db": path})
-    colds = []
-    for attempt in range(COLD_RUNS):  # this machine's speed swings within minutes: the median of a few
-        if attempt:
+    colds, refresher = [], None
+    for _ in range(COLD_RUNS):  # this machine's speed swings within minutes: the median of a few
+        if refresher is not None:
             refresher.stop()
-            del refresher
+            refresher = None
             gc.unfreeze()  # the refresher froze its objects (gc.freeze); let the collector free the old ones
             gc.collect()
         refresher = Refresher(config)
